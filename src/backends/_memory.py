@@ -1,0 +1,376 @@
+"""An in-process backend for tests and demos: trio-only, no threads, same contract."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ..core._backend import Job, QueueStats, Renewal, TaskState
+from ..core._codec import Codec, JsonCodec
+from ..core._errors import LeaseLost, PayloadTooLarge
+from ..core._task import Lease, Task, TaskContext, TaskId
+
+__all__ = ["MemoryBackend", "MemoryStatistics", "StoredTask"]
+
+
+@attrs.define(eq=False)
+class StoredTask:
+    """The backend's record of one task (what ``get()`` returns a snapshot of)."""
+
+    id: TaskId
+    queue: str
+    payload: bytes
+    priority: int
+    max_attempts: int
+    headers: Mapping[str, str]
+    unique_key: str | None
+    enqueued_at: float
+    run_at: float
+    state: TaskState
+    order: float = 0.0
+    attempt: int = 0
+    token: int = 0
+    owner: str | None = None
+    deadline: float = 0.0
+    lost: int = 0
+    version: int = 0
+    result: bytes | None = None
+    last_error: str | None = None
+    dead_reason: str | None = None
+
+
+@attrs.frozen
+class MemoryStatistics:
+    """A snapshot of a :class:`MemoryBackend` (see ``statistics()``)."""
+
+    queues: dict[str, QueueStats]
+    tasks: int
+    next_token: int
+
+
+class _Queue:
+    __slots__ = ("counts", "leases", "pending", "scheduled", "wakeup")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, TaskId, int, StoredTask]] = []
+        self.scheduled: list[tuple[float, TaskId, int, StoredTask]] = []
+        self.leases: list[tuple[float, int, StoredTask]] = []
+        self.counts: dict[TaskState, int] = defaultdict(int)
+        self.wakeup = trio.Event()
+
+
+class MemoryBackend:
+    """Tasks in a dict, heaps per queue; leases, fencing and retries as durable backends.
+
+    Time comes from ``clock`` (default ``trio.current_time``), so tests can run on
+    ``autojump_clock``. Several workers may share one instance; it lives as long as the
+    process.
+
+    Example::
+
+        backend = MemoryBackend()
+        task_id = await backend.push({"n": 1}, queue="math", priority=5)
+        worker = WorkerBuilder("w").backend(backend).queue("math").build(handler)
+    """
+
+    def __init__(
+        self,
+        *,
+        codec: Codec | None = None,
+        clock: Callable[[], float] = trio.current_time,
+        default_max_attempts: int = 3,
+        max_payload_bytes: int = 1 << 20,
+        aging: float = 60.0,
+        max_lost: int = 3,
+    ) -> None:
+        if default_max_attempts < 1:
+            raise ValueError(f"default_max_attempts must be >= 1, got {default_max_attempts}")
+        if aging <= 0:
+            raise ValueError(f"aging must be > 0 seconds per priority level, got {aging}")
+        self._codec = codec if codec is not None else JsonCodec()
+        self._clock = clock
+        self.default_max_attempts = default_max_attempts
+        self.max_payload_bytes = max_payload_bytes
+        self.aging = aging
+        self.max_lost = max_lost
+        self._tasks: dict[TaskId, StoredTask] = {}
+        self._queues: dict[str, _Queue] = defaultdict(_Queue)
+        self._unique: dict[str, TaskId] = {}
+        self._token = 0
+
+    def __repr__(self) -> str:
+        return f"<MemoryBackend tasks={len(self._tasks)}>"
+
+    @property
+    def codec(self) -> Codec:
+        return self._codec
+
+    def now(self) -> float:
+        return self._clock()
+
+    # --- producing ------------------------------------------------------------------
+
+    async def push(
+        self,
+        args: Any,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float = 0.0,
+        max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        unique_key: str | None = None,
+    ) -> TaskId:
+        job = Job(
+            args,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            max_attempts=max_attempts,
+            headers=dict(headers or {}),
+            unique_key=unique_key,
+        )
+        (task_id,) = await self.push_many([job])
+        return task_id
+
+    async def push_many(self, jobs: Iterable[Job]) -> list[TaskId]:
+        await trio.lowlevel.checkpoint()
+        encoded = [(job, self._encode(job)) for job in jobs]  # validate all before storing
+        now = self.now()
+        return [self._insert(job, payload, now) for job, payload in encoded]
+
+    def _encode(self, job: Job) -> bytes:
+        payload = self._codec.encode(job.args)
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload of {len(payload)} bytes exceeds max_payload_bytes="
+                f"{self.max_payload_bytes}; store large data elsewhere and pass a reference, "
+                "or raise the limit"
+            )
+        return payload
+
+    def _insert(self, job: Job, payload: bytes, now: float) -> TaskId:
+        if job.unique_key is not None:
+            existing = self._unique.get(job.unique_key)
+            if existing is not None:
+                return existing
+        run_at = now + job.delay
+        rec = StoredTask(
+            id=TaskId.new(),
+            queue=job.queue,
+            payload=payload,
+            priority=job.priority,
+            max_attempts=job.max_attempts or self.default_max_attempts,
+            headers=dict(job.headers),
+            unique_key=job.unique_key,
+            enqueued_at=now,
+            run_at=run_at,
+            state=TaskState.SCHEDULED,
+        )
+        self._tasks[rec.id] = rec
+        if job.unique_key is not None:
+            self._unique[job.unique_key] = rec.id
+        q = self._queues[rec.queue]
+        q.counts[TaskState.SCHEDULED] += 1
+        self._make_ready(q, rec, now, eligible_at=max(now, run_at))
+        return rec.id
+
+    # --- state moves ----------------------------------------------------------------
+
+    def _move(self, q: _Queue, rec: StoredTask, state: TaskState) -> None:
+        q.counts[rec.state] -= 1
+        q.counts[state] += 1
+        rec.state = state
+        rec.version += 1
+
+    def _make_ready(self, q: _Queue, rec: StoredTask, now: float, eligible_at: float) -> None:
+        """Put ``rec`` in pending (due now) or scheduled (later)."""
+        rec.order = eligible_at - rec.priority * self.aging
+        if rec.run_at <= now:
+            self._move(q, rec, TaskState.PENDING)
+            heapq.heappush(q.pending, (rec.order, rec.id, rec.version, rec))
+            q.wakeup.set()
+            q.wakeup = trio.Event()
+        else:
+            self._move(q, rec, TaskState.SCHEDULED)
+            heapq.heappush(q.scheduled, (rec.run_at, rec.id, rec.version, rec))
+
+    def _finish(self, q: _Queue, rec: StoredTask, state: TaskState) -> None:
+        self._move(q, rec, state)
+        rec.owner = None
+        if rec.unique_key is not None and self._unique.get(rec.unique_key) == rec.id:
+            del self._unique[rec.unique_key]
+
+    def _promote_due(self, q: _Queue, now: float) -> None:
+        while q.scheduled and q.scheduled[0][0] <= now:
+            _, _, version, rec = heapq.heappop(q.scheduled)
+            if rec.version == version:
+                self._move(q, rec, TaskState.PENDING)
+                heapq.heappush(q.pending, (rec.order, rec.id, rec.version, rec))
+
+    def _reclaim_expired(self, q: _Queue, now: float) -> None:
+        while q.leases and q.leases[0][0] <= now:
+            _, token, rec = heapq.heappop(q.leases)
+            if rec.state is not TaskState.LEASED or rec.token != token or rec.deadline > now:
+                continue  # settled, re-claimed, or renewed since
+            rec.lost += 1
+            rec.last_error = "worker lost"
+            if rec.lost >= self.max_lost:
+                rec.dead_reason = f"worker lost {rec.lost} times"
+                self._finish(q, rec, TaskState.DEAD)
+            elif rec.attempt >= rec.max_attempts:
+                rec.dead_reason = f"worker lost on the last attempt ({rec.attempt})"
+                self._finish(q, rec, TaskState.DEAD)
+            else:
+                rec.run_at = now
+                self._make_ready(q, rec, now, eligible_at=rec.order + rec.priority * self.aging)
+
+    # --- consuming ------------------------------------------------------------------
+
+    async def claim(
+        self, queue: str, *, owner: str, limit: int, lease_ttl: float
+    ) -> list[Task[bytes]]:
+        await trio.lowlevel.checkpoint()
+        now = self.now()
+        q = self._queues[queue]
+        self._reclaim_expired(q, now)
+        self._promote_due(q, now)
+        out: list[Task[bytes]] = []
+        while q.pending and len(out) < limit:
+            _, _, version, rec = heapq.heappop(q.pending)
+            if rec.version != version:
+                continue
+            self._token += 1
+            rec.token = self._token
+            rec.attempt += 1
+            rec.owner = owner
+            rec.deadline = now + lease_ttl
+            self._move(q, rec, TaskState.LEASED)
+            heapq.heappush(q.leases, (rec.deadline, rec.token, rec))
+            ctx = TaskContext(
+                id=rec.id,
+                queue=rec.queue,
+                attempt=rec.attempt,
+                max_attempts=rec.max_attempts,
+                priority=rec.priority,
+                run_at=rec.run_at,
+                enqueued_at=rec.enqueued_at,
+                headers=rec.headers,
+                lease=Lease(owner, rec.deadline, rec.token),
+            )
+            out.append(Task(rec.payload, ctx))
+        return out
+
+    async def wait_for_work(self, queue: str) -> None:
+        q = self._queues[queue]
+        due = [heap[0][0] for heap in (q.scheduled, q.leases) if heap]
+        # The clock may be a user's; sleep on trio's for the same span.
+        span = max(0.0, min(due) - self.now()) if due else math.inf
+        with trio.move_on_after(span):
+            await q.wakeup.wait()
+
+    def _leased(self, task_id: TaskId, token: int) -> StoredTask:
+        rec = self._tasks.get(task_id)
+        if rec is None:
+            raise LeaseLost(f"task {task_id} is unknown to this backend")
+        if rec.state is not TaskState.LEASED or rec.token != token:
+            raise LeaseLost(
+                f"task {task_id}: lease token {token} is stale (task is {rec.state.value}, "
+                f"current token {rec.token})"
+            )
+        if rec.deadline <= self.now():
+            # Expired but not yet reclaimed: still refuse, another worker may claim it now.
+            raise LeaseLost(f"task {task_id}: lease expired at {rec.deadline:.3f}")
+        return rec
+
+    async def renew(
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_ttl: float
+    ) -> list[Renewal]:
+        await trio.lowlevel.checkpoint()
+        now = self.now()
+        out: list[Renewal] = []
+        for task_id, token in leases:
+            try:
+                rec = self._leased(task_id, token)
+            except LeaseLost:
+                out.append(Renewal.LOST)
+                continue
+            rec.deadline = now + lease_ttl
+            heapq.heappush(self._queues[rec.queue].leases, (rec.deadline, rec.token, rec))
+            out.append(Renewal.RENEWED)
+        return out
+
+    async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
+        await trio.lowlevel.checkpoint()
+        rec = self._leased(task_id, token)
+        rec.result = result
+        self._finish(self._queues[rec.queue], rec, TaskState.DONE)
+
+    async def retry(self, task_id: TaskId, token: int, *, delay: float, error: str) -> None:
+        await trio.lowlevel.checkpoint()
+        rec = self._leased(task_id, token)
+        now = self.now()
+        rec.last_error = error
+        rec.owner = None
+        rec.run_at = now + max(0.0, delay)
+        self._make_ready(self._queues[rec.queue], rec, now, eligible_at=rec.run_at)
+
+    async def dead(self, task_id: TaskId, token: int, *, reason: str) -> None:
+        await trio.lowlevel.checkpoint()
+        rec = self._leased(task_id, token)
+        rec.dead_reason = reason
+        self._finish(self._queues[rec.queue], rec, TaskState.DEAD)
+
+    async def release(self, task_id: TaskId, token: int) -> None:
+        await trio.lowlevel.checkpoint()
+        rec = self._leased(task_id, token)
+        rec.attempt -= 1
+        rec.owner = None
+        now = self.now()
+        # Keep its place in line: same order key as before it was claimed.
+        self._make_ready(
+            self._queues[rec.queue], rec, now, eligible_at=rec.order + rec.priority * self.aging
+        )
+
+    # --- inspection -----------------------------------------------------------------
+
+    async def stats(self) -> list[QueueStats]:
+        await trio.lowlevel.checkpoint()
+        return list(self.statistics().queues.values())
+
+    def statistics(self) -> MemoryStatistics:
+        """A frozen snapshot: per-queue counts by state, total tasks, fencing counter.
+
+        Example::
+
+            assert backend.statistics().queues["default"].pending == 0
+        """
+        queues = {
+            name: QueueStats(
+                queue=name,
+                pending=q.counts[TaskState.PENDING],
+                scheduled=q.counts[TaskState.SCHEDULED],
+                leased=q.counts[TaskState.LEASED],
+                done=q.counts[TaskState.DONE],
+                dead=q.counts[TaskState.DEAD],
+            )
+            for name, q in sorted(self._queues.items())
+        }
+        return MemoryStatistics(queues=queues, tasks=len(self._tasks), next_token=self._token + 1)
+
+    def get(self, task_id: TaskId) -> StoredTask:
+        """The stored record of a task (a live object: read, do not modify).
+
+        Example::
+
+            assert backend.get(task_id).state is TaskState.DONE
+        """
+        return self._tasks[task_id]
+
+

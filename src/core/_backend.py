@@ -1,0 +1,175 @@
+"""The backend contract the worker relies on (design.md §4).
+
+Every backend (memory, SQLite, PostgreSQL, Redis) implements :class:`Backend`, and one
+conformance suite (``tests/backends/``) checks them all the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from ._codec import Codec
+from ._task import Task, TaskId
+
+__all__ = ["Backend", "Job", "QueueStats", "Renewal", "TaskState"]
+
+
+class TaskState(enum.Enum):
+    """Where a task is in its life."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    LEASED = "leased"
+    DONE = "done"
+    DEAD = "dead"
+
+
+class Renewal(enum.Enum):
+    """What a heartbeat learned about one lease."""
+
+    #: The lease is extended; keep working.
+    RENEWED = "renewed"
+    #: The lease is gone (expired and reclaimed, or settled): stop, a settle would be refused.
+    LOST = "lost"
+    #: Renewed, but somebody asked to cancel the task: stop and dead-letter it.
+    CANCEL_REQUESTED = "cancel_requested"
+
+
+def _check_queue(_inst: object, _attr: object, value: str) -> None:
+    if not value or not isinstance(value, str):
+        raise ValueError(f"queue must be a non-empty string, got {value!r}")
+
+
+@attrs.frozen
+class Job:
+    """One task to push, for :meth:`Backend.push_many`.
+
+    ``delay`` is in seconds from now; ``max_attempts=None`` takes the backend's default.
+    A ``unique_key`` that matches a live (not done, not dead) task returns that task's id.
+
+    Example::
+
+        ids = await backend.push_many([Job({"n": i}, queue="math") for i in range(100)])
+    """
+
+    args: Any
+    queue: str = attrs.field(default="default", validator=_check_queue)
+    priority: int = 0
+    delay: float = 0.0
+    max_attempts: int | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    unique_key: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.delay < 0:
+            raise ValueError(f"delay must be >= 0 seconds, got {self.delay!r}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
+
+
+@attrs.frozen
+class QueueStats:
+    """Counts of one queue's tasks by state; cheap enough to scrape.
+
+    Example::
+
+        for s in await backend.stats():
+            print(s.queue, s.pending, s.leased)
+    """
+
+    queue: str
+    pending: int = 0
+    scheduled: int = 0
+    leased: int = 0
+    done: int = 0
+    dead: int = 0
+
+
+class Backend(Protocol):
+    """Where tasks live. The worker uses exactly these operations.
+
+    Rules every implementation keeps (see ``docs/backends.md``):
+
+    * ``claim`` is non-blocking and atomic: it first reclaims expired leases (an attempt
+      consumed, error "worker lost"), then leases up to ``limit`` due tasks in order
+      (effective priority with aging, then run_at, then FIFO), each with a fresh, larger
+      fencing token. ``wait_for_work`` returns when new work may be there; the worker
+      bounds it by its poll interval.
+    * ``ack``/``retry``/``dead``/``release`` take the task id and the lease's fencing
+      token and raise :class:`~turret.LeaseLost` when the token is stale: they never
+      overwrite a newer claim. ``release`` gives the task back without consuming an
+      attempt.
+    * Times in :class:`~turret.TaskContext` are on the backend's clock, ``now()``.
+
+    Example::
+
+        backend = MemoryBackend()
+        task_id = await backend.push({"to": "a@b.c"}, queue="mail", delay=10)
+    """
+
+    @property
+    def codec(self) -> Codec: ...
+
+    def now(self) -> float:
+        """The backend's clock, in seconds (what ``run_at`` and lease deadlines use)."""
+        ...
+
+    async def push(
+        self,
+        args: Any,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float = 0.0,
+        max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        unique_key: str | None = None,
+    ) -> TaskId:
+        """Store one task; return its id."""
+        ...
+
+    async def push_many(self, jobs: Iterable[Job]) -> list[TaskId]:
+        """Store several tasks at once (one transaction or round trip)."""
+        ...
+
+    async def claim(
+        self, queue: str, *, owner: str, limit: int, lease_ttl: float
+    ) -> list[Task[bytes]]:
+        """Lease up to ``limit`` due tasks of ``queue``; never waits for work."""
+        ...
+
+    async def wait_for_work(self, queue: str) -> None:
+        """Return when new work may be claimable in ``queue`` (a push, a scheduled task
+        or an expired lease falling due). The caller bounds the wait with a cancel scope
+        (its poll interval), so a backend that cannot be woken may simply sleep."""
+        ...
+
+    async def renew(
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_ttl: float
+    ) -> list[Renewal]:
+        """Extend several leases ``(task id, token)`` in one round trip."""
+        ...
+
+    async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
+        """The task is done; keep its encoded result if given."""
+        ...
+
+    async def retry(self, task_id: TaskId, token: int, *, delay: float, error: str) -> None:
+        """Make the task claimable again after ``delay`` seconds; the attempt is consumed."""
+        ...
+
+    async def dead(self, task_id: TaskId, token: int, *, reason: str) -> None:
+        """Move the task to dead letters with ``reason``."""
+        ...
+
+    async def release(self, task_id: TaskId, token: int) -> None:
+        """Give the task back at once without consuming an attempt (shutdown)."""
+        ...
+
+    async def stats(self) -> list[QueueStats]:
+        """Counts per queue and state."""
+        ...

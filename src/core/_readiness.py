@@ -1,0 +1,92 @@
+"""The core services below the user's layers: Readiness and Tracker."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from ._context import WorkerContext
+from ._service import Service
+from ._task import Task
+
+__all__ = ["Readiness", "Tracker"]
+
+
+class _Reservation:
+    __slots__ = ("inner_cm", "owner", "token")
+
+    def __init__(self, owner: Readiness) -> None:
+        self.owner = owner
+        self.token = object()
+        self.inner_cm: AbstractAsyncContextManager[None] | None = None
+
+    async def __aenter__(self) -> None:
+        owner = self.owner
+        await owner.context.wait_runnable()
+        await owner.limiter.acquire_on_behalf_of(self.token)
+        try:
+            cm = owner.inner.ready()
+            await cm.__aenter__()
+        except BaseException:
+            owner.limiter.release_on_behalf_of(self.token)
+            raise
+        self.inner_cm = cm
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            assert self.inner_cm is not None
+            await self.inner_cm.__aexit__(exc_type, exc, tb)
+        finally:
+            self.owner.limiter.release_on_behalf_of(self.token)
+
+
+class Readiness(Service[Task[Any], Any]):
+    """Not ready while the worker is paused or stopping; holds one of ``concurrency`` slots.
+
+    This is the worker's own backpressure: the worker enters ``ready()`` before it claims
+    a task, so a paused or full worker claims nothing.
+    """
+
+    __slots__ = ("context", "inner", "limiter")
+
+    def __init__(
+        self, inner: Service[Task[Any], Any], context: WorkerContext, concurrency: int
+    ) -> None:
+        self.inner = inner
+        self.context = context
+        self.limiter = trio.CapacityLimiter(concurrency)
+
+    def ready(self) -> AbstractAsyncContextManager[None]:
+        return _Reservation(self)
+
+    async def __call__(self, task: Task[Any], /) -> Any:
+        return await self.inner(task)
+
+
+class Tracker(Service[Task[Any], Any]):
+    """Counts the tasks inside the handler, for ``WorkerContext.in_flight``. Forwards ready()."""
+
+    __slots__ = ("context", "inner")
+
+    def __init__(self, inner: Service[Task[Any], Any], context: WorkerContext) -> None:
+        self.inner = inner
+        self.context = context
+
+    def ready(self) -> AbstractAsyncContextManager[None]:
+        return self.inner.ready()
+
+    async def __call__(self, task: Task[Any], /) -> Any:
+        ctx = self.context
+        ctx.in_flight += 1
+        try:
+            return await self.inner(task)
+        finally:
+            ctx.in_flight -= 1

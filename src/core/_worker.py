@@ -1,0 +1,329 @@
+"""``WorkerBuilder`` and ``Worker``: one fetch loop over one backend, running a stack."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from . import _events as ev
+from ._ack import CANCEL_REQUESTED, LOST, Acknowledge, Running
+from ._backend import Backend, Renewal
+from ._backoff import Backoff, ExponentialBackoff
+from ._context import WorkerContext, WorkerState
+from ._fetch import Fetcher
+from ._handler import build_handler
+from ._readiness import Readiness, Tracker
+from ._service import Layer, Service, Stack
+from ._task import Task, TaskId
+
+__all__ = ["Worker", "WorkerBuilder"]
+
+log = logging.getLogger("turret.worker")
+
+
+class Worker:
+    """One fetch loop over one backend queue, running a stacked service.
+
+    Build it with :class:`WorkerBuilder`. A worker runs once; a Monitor builds a fresh
+    one to restart.
+
+    Example::
+
+        worker = WorkerBuilder("mail").backend(backend).concurrency(20).build(send_email)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            ...
+            worker.context.stop()       # graceful: drains in-flight work
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        backend: Backend,
+        queue: str,
+        service: Service[Task[bytes], None],
+        context: WorkerContext,
+        running: dict[TaskId, Running],
+        lease_ttl: float,
+        heartbeat_interval: float,
+        poll_interval: float,
+        grace_period: float | None,
+        max_batch: int,
+    ) -> None:
+        self.name = name
+        self.backend = backend
+        self.queue = queue
+        self.service = service
+        self.context = context
+        self._running = running
+        self.lease_ttl = lease_ttl
+        self.heartbeat_interval = heartbeat_interval
+        self.poll_interval = poll_interval
+        self.grace_period = grace_period
+        self.owner = f"{name}@{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._fetcher = Fetcher(
+            backend,
+            queue,
+            owner=self.owner,
+            lease_ttl=lease_ttl,
+            poll_interval=poll_interval,
+            max_batch=max_batch,
+            context=context,
+            on_idle=lambda: context._emit(ev.WorkerIdle),
+        )
+        self._started = False
+        self._loop_scope = trio.CancelScope()
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name!r} queue={self.queue!r} state={self.context.state.value}>"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`WorkerContext.stop` (graceful) or cancellation.
+
+        On a graceful stop the worker stops claiming, waits for in-flight work including
+        its settle, and after ``grace_period`` (if set) cancels what is left, releasing
+        those tasks to the backend without consuming an attempt.
+        """
+        if self._started:
+            raise RuntimeError(f"worker {self.name!r} has already run; build a new one")
+        self._started = True
+        ctx = self.context
+        ctx._set_state(WorkerState.PAUSED if ctx.paused else WorkerState.RUNNING)
+        ctx._emit(ev.WorkerStarted)
+        try:
+            async with trio.open_nursery() as services:
+                services.start_soon(self._heartbeat_loop)
+                async with trio.open_nursery() as tasks:
+                    services.start_soon(self._watch_stop, tasks)
+                    task_status.started()
+                    with self._loop_scope:
+                        while not ctx.stopping:
+                            await tasks.start(self._run_one)
+                services.cancel_scope.cancel()
+        finally:
+            ctx._set_state(WorkerState.STOPPED)
+            ctx._emit(ev.WorkerStopped)
+            ctx._emitter.close_streams()
+
+    async def run_until(self, trigger: trio.Event | Awaitable[object]) -> None:
+        """Run until ``trigger`` (a ``trio.Event`` or any awaitable) fires, then stop gracefully.
+
+        Example::
+
+            done = trio.Event()
+            await worker.run_until(done)     # another task calls done.set()
+        """
+
+        async def watch() -> None:
+            if isinstance(trigger, trio.Event):
+                await trigger.wait()
+            else:
+                await trigger
+            self.context.stop()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await self.run()
+            nursery.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def stream(
+        self, buffer: int = 1024
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[ev.Event]]:
+        """Receive the worker's events; the channel ends when the worker stops.
+
+        Events are never allowed to block the worker: past ``buffer`` unread events,
+        new ones are dropped and counted in ``statistics().events_dropped``.
+
+        Example::
+
+            async with worker.stream() as events:
+                async for event in events:
+                    print(event)
+        """
+        send, recv = trio.open_memory_channel[ev.Event](buffer)
+        self.context._emitter.streams.append(send)
+        try:
+            async with recv:
+                yield recv
+        finally:
+            if send in self.context._emitter.streams:
+                self.context._emitter.streams.remove(send)
+            send.close()
+
+    # --- internals ------------------------------------------------------------------
+
+    async def _run_one(self, *, task_status: trio.TaskStatus[None]) -> None:
+        async with self.service.ready():
+            task_status.started()  # holding a reservation: the loop may look for the next
+            task = await self._fetcher.next()
+            if task is None:
+                return
+            await self.service(task)
+
+    async def _watch_stop(self, tasks: trio.Nursery) -> None:
+        await self.context.wait_stop_requested()
+        self._fetcher.close()
+        self._loop_scope.cancel()
+        if self.grace_period is not None:
+            await trio.sleep(self.grace_period)
+            if self._running:
+                log.warning(
+                    "worker %s: grace period of %gs over; releasing %d task(s)",
+                    self.name,
+                    self.grace_period,
+                    len(self._running),
+                )
+            tasks.cancel_scope.cancel()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await trio.sleep(self.heartbeat_interval)
+            runs = list(self._running.values())
+            if runs:
+                verdicts = await self.backend.renew(
+                    [(r.ctx.id, r.token) for r in runs], lease_ttl=self.lease_ttl
+                )
+                for run, verdict in zip(runs, verdicts, strict=True):
+                    if verdict is Renewal.LOST:
+                        run.cancel(LOST)
+                    elif verdict is Renewal.CANCEL_REQUESTED:
+                        run.cancel(CANCEL_REQUESTED)
+            if self.context._emitter.active:
+                self.context._emitter.emit(
+                    ev.Heartbeat(self.name, trio.current_time(), len(runs))
+                )
+
+
+def _positive(_inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attr.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen
+class WorkerBuilder:
+    """Configures and builds a :class:`Worker`. Each method returns a new builder.
+
+    The stack, outermost first: the backend's acknowledgement, then the user's layers
+    (first ``.layer()`` outermost), then the core Readiness and Tracker, then the handler.
+
+    Example::
+
+        worker = (
+            WorkerBuilder("mail")
+            .backend(backend)
+            .queue("mail")
+            .layer(ConcurrencyLimitLayer(5))
+            .data(SmtpPool())
+            .concurrency(20)
+            .on_event(print)
+            .build(send_email)
+        )
+    """
+
+    name: str
+    _backend: Backend | None = None
+    _queue: str = attrs.field(default="default")
+    _layers: tuple[Layer[Task[Any], Any], ...] = ()
+    _data: tuple[object, ...] = ()
+    _concurrency: int = 10
+    _callbacks: tuple[Callable[[ev.Event], object], ...] = attrs.field(
+        default=()
+    )
+    _lease_ttl: float = attrs.field(default=30.0, validator=_positive)
+    _poll_interval: float = attrs.field(default=1.0, validator=_positive)
+    _grace_period: float | None = attrs.field(
+        default=None, validator=_positive
+    )
+    _backoff: Backoff = attrs.field(factory=ExponentialBackoff)
+    _max_batch: int = 100
+
+    def backend(self, backend: Backend) -> WorkerBuilder:
+        """Where the worker claims tasks from (required)."""
+        return attrs.evolve(self, backend=backend)
+
+    def queue(self, queue: str) -> WorkerBuilder:
+        """Which queue to claim from (default ``"default"``)."""
+        return attrs.evolve(self, queue=queue)
+
+    def layer(self, layer: Layer[Task[Any], Any]) -> WorkerBuilder:
+        """Add a layer inside the ones already added (the first added is outermost)."""
+        return attrs.evolve(self, layers=(*self._layers, layer))
+
+    def data(self, obj: object) -> WorkerBuilder:
+        """Register an object a handler receives through a ``Data[T]`` parameter."""
+        return attrs.evolve(self, data=(*self._data, obj))
+
+    def concurrency(self, n: int) -> WorkerBuilder:
+        """How many tasks run at once (default 10)."""
+        return attrs.evolve(self, concurrency=n)
+
+    def on_event(self, callback: Callable[[ev.Event], object]) -> WorkerBuilder:
+        """Call ``callback(event)`` for every event; a raising callback is only logged."""
+        return attrs.evolve(self, callbacks=(*self._callbacks, callback))
+
+    def lease_ttl(self, seconds: float) -> WorkerBuilder:
+        """Lease length (default 30 s); the worker renews every third of it."""
+        return attrs.evolve(self, lease_ttl=seconds)
+
+    def poll_interval(self, seconds: float) -> WorkerBuilder:
+        """Fallback polling when the backend cannot wake idle workers (default 1 s)."""
+        return attrs.evolve(self, poll_interval=seconds)
+
+    def grace_period(self, seconds: float | None) -> WorkerBuilder:
+        """After ``stop()``, cancel and release what is still running after this long."""
+        return attrs.evolve(self, grace_period=seconds)
+
+    def backoff(self, backoff: Backoff) -> WorkerBuilder:
+        """Delay schedule of the durable retry after a failure (default exponential)."""
+        return attrs.evolve(self, backoff=backoff)
+
+    def build(self, handler: Callable[..., Awaitable[Any]]) -> Worker:
+        """Validate, resolve the handler's parameters, and stack the services."""
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError("WorkerBuilder needs a non-empty name, e.g. WorkerBuilder('email')")
+        if self._backend is None:
+            raise ValueError(
+                f"worker {self.name!r} has no backend; add .backend(MemoryBackend()) or another"
+            )
+        if not isinstance(self._concurrency, int) or self._concurrency < 1:
+            raise ValueError(
+                f"worker {self.name!r}: concurrency must be an int >= 1, got {self._concurrency!r}"
+            )
+        if not self._queue:
+            raise ValueError(f"worker {self.name!r}: queue must be a non-empty string")
+        context = WorkerContext(self.name)
+        context._emitter.callbacks.extend(self._callbacks)
+        data = {type(obj): obj for obj in self._data}
+        handler_svc = build_handler(
+            handler, codec=self._backend.codec, context=context, data=data
+        )
+        inner: Service[Task[Any], Any] = Readiness(
+            Tracker(handler_svc, context), context, self._concurrency
+        )
+        inner = Stack(self._layers).layer(inner)
+        running: dict[TaskId, Running] = {}
+        service = Acknowledge(
+            inner, backend=self._backend, context=context, backoff=self._backoff, running=running
+        )
+        return Worker(
+            name=self.name,
+            backend=self._backend,
+            queue=self._queue,
+            service=service,
+            context=context,
+            running=running,
+            lease_ttl=self._lease_ttl,
+            heartbeat_interval=self._lease_ttl / 3,
+            poll_interval=self._poll_interval,
+            grace_period=self._grace_period,
+            max_batch=self._max_batch,
+        )
