@@ -30,6 +30,7 @@ from .core._codec import JsonCodec as JsonCodec
 from .core._context import WorkerContext as WorkerContext
 from .core._context import WorkerState as WorkerState
 from .core._context import WorkerStatistics as WorkerStatistics
+from .core._context import current_worker as current_worker
 from .core._errors import Abort as Abort
 from .core._errors import InvalidPayload as InvalidPayload
 from .core._errors import LeaseLost as LeaseLost

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
 import math
@@ -12,7 +13,7 @@ import trio
 
 from . import _events as ev
 
-__all__ = ["WorkerContext", "WorkerState", "WorkerStatistics"]
+__all__ = ["WorkerContext", "WorkerState", "WorkerStatistics", "current_worker"]
 
 log = logging.getLogger("turret.worker")
 
@@ -199,3 +200,22 @@ class WorkerContext:
 
     def _set_state(self, state: WorkerState) -> None:
         self._state = state
+
+
+_current: contextvars.ContextVar[WorkerContext | None] = contextvars.ContextVar(
+    "turret_current_worker", default=None
+)
+
+
+def current_worker() -> WorkerContext | None:
+    """The :class:`WorkerContext` of the worker running the calling task, if any.
+
+    Layers use it to see, for example, that the worker is stopping.
+
+    Example::
+
+        ctx = turret.current_worker()
+        if ctx is not None and ctx.stopping:
+            raise turret.Retry(after=0, reason="worker stopping")
+    """
+    return _current.get()

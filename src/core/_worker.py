@@ -16,7 +16,7 @@ from . import _events as ev
 from ._ack import CANCEL_REQUESTED, LOST, Acknowledge, Running
 from ._backend import Backend, Renewal
 from ._backoff import Backoff, ExponentialBackoff
-from ._context import WorkerContext, WorkerState
+from ._context import WorkerContext, WorkerState, _current
 from ._fetch import Fetcher
 from ._handler import build_handler
 from ._readiness import Readiness, Tracker
@@ -96,6 +96,7 @@ class Worker:
             raise RuntimeError(f"worker {self.name!r} has already run; build a new one")
         self._started = True
         ctx = self.context
+        _current.set(ctx)  # inherited by every task this worker spawns
         ctx._set_state(WorkerState.PAUSED if ctx.paused else WorkerState.RUNNING)
         ctx._emit(ev.WorkerStarted)
         try:
