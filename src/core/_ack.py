@@ -20,7 +20,7 @@ from ._backoff import Backoff
 from ._context import WorkerContext
 from ._errors import Abort, InvalidPayload, LeaseLost, Retry
 from ._service import Service
-from ._task import Task, TaskContext, TaskId
+from ._task import Task, TaskContext
 
 __all__ = ["Acknowledge", "Running"]
 
@@ -69,7 +69,7 @@ class Acknowledge(Service[Task[bytes], None]):
         backend: Backend,
         context: WorkerContext,
         backoff: Backoff,
-        running: dict[TaskId, Running],
+        running: dict[int, Running],
     ) -> None:
         self.inner = inner
         self.backend = backend
@@ -88,12 +88,12 @@ class Acknowledge(Service[Task[bytes], None]):
         ctx = raw.ctx
         assert ctx.lease is not None, "a claimed task carries its lease"
         run = Running(ctx, ctx.lease.token)
-        self.running[ctx.id] = run
+        self.running[run.token] = run  # by token: the same task may be re-claimed
         wctx = self.context
         wctx.claimed += 1
-        emitting = self._emitter.active
-        start = trio.current_time()
-        if emitting:
+        start = 0.0
+        if self._emitter.active:
+            start = trio.current_time()
             self._emit(ev.TaskEngaged(wctx.name, start, ctx))
         try:
             try:
@@ -116,7 +116,7 @@ class Acknowledge(Service[Task[bytes], None]):
                 return
             await self._ack(run, result, start)
         finally:
-            del self.running[ctx.id]
+            del self.running[run.token]
 
     # --- outcomes -------------------------------------------------------------------
 

@@ -76,8 +76,10 @@ class JsonCodec:
         try:
             return self.converter.structure(value, tp)
         except Exception as exc:
-            detail = "; ".join(cattrs.transform_error(exc)) if isinstance(
-                exc, cattrs.BaseValidationError
-            ) else str(exc)
+            detail = (
+                "; ".join(cattrs.transform_error(exc))
+                if isinstance(exc, cattrs.BaseValidationError)
+                else str(exc)
+            )
             name = getattr(tp, "__name__", repr(tp))
             raise InvalidPayload(f"payload does not fit {name}: {detail}") from exc

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 import trio
@@ -105,6 +106,9 @@ class WorkerContext:
                 worker.pause()          # stop claiming until somebody resumes
 
         worker.context.stop()           # graceful: drain in-flight work, then return
+
+    ``last_progress`` is when the worker's own loops last finished a backend call and
+    :attr:`busy_since` tells whether one is outstanding: a Monitor's health signal.
     """
 
     name: str
@@ -121,6 +125,34 @@ class WorkerContext:
     dead_lettered: int = 0
     released: int = 0
     lease_rejected: int = 0
+    last_progress: float = 0.0
+    _calls: list[float] = attrs.field(factory=list, alias="_calls")
+
+    @property
+    def busy_since(self) -> float | None:
+        """When the oldest unfinished backend call of the worker's own loops became due.
+
+        The fetch loop (claim, release, wait for work) and the lease heartbeat report their
+        backend calls here; ``None`` while none is outstanding. A Monitor marks a worker
+        whose call has been outstanding for too long as unhealthy.
+
+        Example::
+
+            since = worker.context.busy_since
+            stalled = 0.0 if since is None else trio.current_time() - since
+        """
+        return min(self._calls, default=None)
+
+    @contextlib.contextmanager
+    def _backend_call(self, allowance: float = 0.0) -> Iterator[None]:
+        """Track one backend call; ``allowance``: how long it may block by design."""
+        due = _now() + allowance
+        self._calls.append(due)
+        try:
+            yield
+        finally:
+            self._calls.remove(due)
+            self.last_progress = _now()
 
     @property
     def state(self) -> WorkerState:

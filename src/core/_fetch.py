@@ -66,6 +66,23 @@ class Fetcher:
 
     async def next(self) -> Task[bytes] | None:
         """Wait for a task for this slot; ``None`` once the fetcher is closed."""
+        if not (self._leading or self._waiting or self._closed or self.context.paused):
+            # Fast path: nobody to coalesce with, so claim for this slot alone.
+            self._leading = True
+            try:
+                with self.context._backend_call():
+                    tasks = await self.backend.claim(
+                        self.queue, owner=self.owner, limit=1, lease_ttl=self.lease_ttl
+                    )
+            finally:
+                self._leading = False
+                if self._waiting:
+                    self._waiting[0].event.set()
+            if tasks:
+                self.idle = False
+                return tasks[0]
+            if self._closed:
+                return None
         slot = _Slot()
         self._waiting.append(slot)
         try:
@@ -95,15 +112,17 @@ class Fetcher:
                 self._idle_scope = None
                 continue
             limit = min(len(self._waiting), self.max_batch)
-            tasks = await self.backend.claim(
-                self.queue, owner=self.owner, limit=limit, lease_ttl=self.lease_ttl
-            )
+            with self.context._backend_call():
+                tasks = await self.backend.claim(
+                    self.queue, owner=self.owner, limit=limit, lease_ttl=self.lease_ttl
+                )
             if self._closed and tasks:
                 # Closed while claiming: give the tasks back, untouched.
                 with trio.CancelScope(shield=True):
                     for t in tasks:
                         assert t.ctx.lease is not None
-                        await self.backend.release(t.ctx.id, t.ctx.lease.token)
+                        with self.context._backend_call():
+                            await self.backend.release(t.ctx.id, t.ctx.lease.token)
                 return
             for t in tasks:
                 slot = self._waiting.popleft()
@@ -116,8 +135,10 @@ class Fetcher:
             if not self.idle:
                 self.idle = True
                 self.on_idle()
-            with trio.move_on_after(self.poll_interval) as self._idle_scope:
+            with (
+                trio.move_on_after(self.poll_interval) as self._idle_scope,
+                self.context._backend_call(allowance=self.poll_interval),
+            ):
                 await self.backend.wait_for_work(self.queue)
             self._idle_scope = None
         return None
-

@@ -54,7 +54,10 @@ class HandlerService(Service[Task[Any], Any]):
         self.kw_resolvers = kw_resolvers
 
     async def __call__(self, task: Task[Any], /) -> Any:
-        args = [r(task) for r in self.pos_resolvers]
+        pos = self.pos_resolvers
+        if len(pos) == 1 and not self.kw_resolvers:  # the common case: just the args
+            return await self.fn(pos[0](task))
+        args = [r(task) for r in pos]
         if self.kw_resolvers:
             kwargs = {name: r(task) for name, r in self.kw_resolvers.items()}
             return await self.fn(*args, **kwargs)
@@ -157,9 +160,15 @@ def _is_raw(ann: Any) -> bool:
     return ann is inspect.Parameter.empty or ann is Any or ann is object
 
 
+_PLAIN = (int, str, float, bool)
+
+
 def _args_resolver(codec: Codec, ann: Any) -> _Resolver:
     if _is_raw(ann):
         return _raw_args
+    if ann in _PLAIN:  # JSON already gives exactly this type; skip the converter
+        structure = codec.structure
+        return lambda task: task.args if type(task.args) is ann else structure(task.args, ann)
     return lambda task: codec.structure(task.args, ann)
 
 

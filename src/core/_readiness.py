@@ -9,7 +9,7 @@ from typing import Any
 import trio
 
 from ._context import WorkerContext
-from ._service import Service
+from ._service import ALWAYS_READY, Service
 from ._task import Task
 
 __all__ = ["Readiness", "Tracker"]
@@ -25,15 +25,24 @@ class _Reservation:
 
     async def __aenter__(self) -> None:
         owner = self.owner
-        await owner.context.wait_runnable()
-        await owner.limiter.acquire_on_behalf_of(self.token)
+        context = owner.context
+        if context._paused or context.stopping:
+            await context.wait_runnable()
         try:
-            cm = owner.inner.ready()
-            await cm.__aenter__()
-        except BaseException:
-            owner.limiter.release_on_behalf_of(self.token)
-            raise
-        self.inner_cm = cm
+            # A free slot is taken without a schedule point, so the worker can reserve
+            # several slots in a row and claim for all of them in one batch.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            owner.limiter.acquire_on_behalf_of_nowait(self.token)
+        except trio.WouldBlock:
+            await owner.limiter.acquire_on_behalf_of(self.token)
+        cm = owner.inner.ready()
+        if cm is not ALWAYS_READY:
+            try:
+                await cm.__aenter__()
+            except BaseException:
+                owner.limiter.release_on_behalf_of(self.token)
+                raise
+            self.inner_cm = cm
 
     async def __aexit__(
         self,
@@ -42,8 +51,8 @@ class _Reservation:
         tb: TracebackType | None,
     ) -> None:
         try:
-            assert self.inner_cm is not None
-            await self.inner_cm.__aexit__(exc_type, exc, tb)
+            if self.inner_cm is not None:
+                await self.inner_cm.__aexit__(exc_type, exc, tb)
         finally:
             self.owner.limiter.release_on_behalf_of(self.token)
 

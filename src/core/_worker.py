@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -21,7 +21,7 @@ from ._fetch import Fetcher
 from ._handler import build_handler
 from ._readiness import Readiness, Tracker
 from ._service import Layer, Service, Stack
-from ._task import Task, TaskId
+from ._task import Task
 
 __all__ = ["Worker", "WorkerBuilder"]
 
@@ -51,7 +51,7 @@ class Worker:
         queue: str,
         service: Service[Task[bytes], None],
         context: WorkerContext,
-        running: dict[TaskId, Running],
+        running: dict[int, Running],
         lease_ttl: float,
         heartbeat_interval: float,
         poll_interval: float,
@@ -107,7 +107,10 @@ class Worker:
                     task_status.started()
                     with self._loop_scope:
                         while not ctx.stopping:
-                            await tasks.start(self._run_one)
+                            # Reserve capacity first; only a reserved slot claims a task.
+                            reservation = self.service.ready()
+                            await reservation.__aenter__()
+                            tasks.start_soon(self._run_one, reservation)
                 services.cancel_scope.cancel()
         finally:
             ctx._set_state(WorkerState.STOPPED)
@@ -162,13 +165,19 @@ class Worker:
 
     # --- internals ------------------------------------------------------------------
 
-    async def _run_one(self, *, task_status: trio.TaskStatus[None]) -> None:
-        async with self.service.ready():
-            task_status.started()  # holding a reservation: the loop may look for the next
+    async def _run_one(self, reservation: AbstractAsyncContextManager[None]) -> None:
+        # The loop entered the reservation (design.md §3); this task owns it from here and
+        # always exits it, on cancellation too. nursery.start per task would cost 3x more.
+        exc: BaseException | None = None
+        try:
             task = await self._fetcher.next()
-            if task is None:
-                return
-            await self.service(task)
+            if task is not None:
+                await self.service(task)
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            await reservation.__aexit__(type(exc) if exc else None, exc, None)
 
     async def _watch_stop(self, tasks: trio.Nursery) -> None:
         await self.context.wait_stop_requested()
@@ -190,18 +199,17 @@ class Worker:
             await trio.sleep(self.heartbeat_interval)
             runs = list(self._running.values())
             if runs:
-                verdicts = await self.backend.renew(
-                    [(r.ctx.id, r.token) for r in runs], lease_ttl=self.lease_ttl
-                )
+                with self.context._backend_call():
+                    verdicts = await self.backend.renew(
+                        [(r.ctx.id, r.token) for r in runs], lease_ttl=self.lease_ttl
+                    )
                 for run, verdict in zip(runs, verdicts, strict=True):
                     if verdict is Renewal.LOST:
                         run.cancel(LOST)
                     elif verdict is Renewal.CANCEL_REQUESTED:
                         run.cancel(CANCEL_REQUESTED)
             if self.context._emitter.active:
-                self.context._emitter.emit(
-                    ev.Heartbeat(self.name, trio.current_time(), len(runs))
-                )
+                self.context._emitter.emit(ev.Heartbeat(self.name, trio.current_time(), len(runs)))
 
 
 def _positive(_inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:
@@ -236,14 +244,10 @@ class WorkerBuilder:
     _layers: tuple[Layer[Task[Any], Any], ...] = ()
     _data: tuple[object, ...] = ()
     _concurrency: int = 10
-    _callbacks: tuple[Callable[[ev.Event], object], ...] = attrs.field(
-        default=()
-    )
+    _callbacks: tuple[Callable[[ev.Event], object], ...] = attrs.field(default=())
     _lease_ttl: float = attrs.field(default=30.0, validator=_positive)
     _poll_interval: float = attrs.field(default=1.0, validator=_positive)
-    _grace_period: float | None = attrs.field(
-        default=None, validator=_positive
-    )
+    _grace_period: float | None = attrs.field(default=None, validator=_positive)
     _backoff: Backoff = attrs.field(factory=ExponentialBackoff)
     _max_batch: int = 100
 
@@ -304,14 +308,12 @@ class WorkerBuilder:
         context = WorkerContext(self.name)
         context._emitter.callbacks.extend(self._callbacks)
         data = {type(obj): obj for obj in self._data}
-        handler_svc = build_handler(
-            handler, codec=self._backend.codec, context=context, data=data
-        )
+        handler_svc = build_handler(handler, codec=self._backend.codec, context=context, data=data)
         inner: Service[Task[Any], Any] = Readiness(
             Tracker(handler_svc, context), context, self._concurrency
         )
         inner = Stack(self._layers).layer(inner)
-        running: dict[TaskId, Running] = {}
+        running: dict[int, Running] = {}
         service = Acknowledge(
             inner, backend=self._backend, context=context, backoff=self._backoff, running=running
         )
