@@ -11,10 +11,11 @@ from typing import Any
 import attrs
 import trio
 
-from ..core._backend import Job, QueueStats, Renewal, TaskState
+from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
 from ..core._codec import Codec, JsonCodec
 from ..core._errors import LeaseLost, PayloadTooLarge
 from ..core._task import Lease, Task, TaskContext, TaskId
+from ..observability._propagation import traced_send
 
 __all__ = ["MemoryBackend", "MemoryStatistics", "StoredTask"]
 
@@ -43,6 +44,34 @@ class StoredTask:
     result: bytes | None = None
     last_error: str | None = None
     dead_reason: str | None = None
+    result_expires_at: float | None = None
+    cancel_reason: str | None = None
+
+    def info(self, now: float) -> TaskInfo:
+        """A frozen :class:`~turret.TaskInfo` snapshot (results past retention hidden)."""
+        expired = self.result_expires_at is not None and self.result_expires_at <= now
+        return TaskInfo(
+            id=self.id,
+            queue=self.queue,
+            state=self.state,
+            args=self.payload,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            priority=self.priority,
+            run_at=self.run_at,
+            enqueued_at=self.enqueued_at,
+            headers=dict(self.headers),
+            unique_key=self.unique_key,
+            owner=self.owner if self.state is TaskState.LEASED else None,
+            lease_deadline=self.deadline if self.state is TaskState.LEASED else None,
+            token=self.token,
+            lost=self.lost,
+            result=None if expired else self.result,
+            result_expires_at=None if expired else self.result_expires_at,
+            last_error=self.last_error,
+            dead_reason=self.dead_reason,
+            cancel_requested=self.cancel_reason is not None,
+        )
 
 
 @attrs.frozen
@@ -55,13 +84,18 @@ class MemoryStatistics:
 
 
 class _Queue:
-    __slots__ = ("counts", "leases", "pending", "scheduled", "wakeup")
+    __slots__ = ("counts", "leases", "paused", "pending", "scheduled", "wakeup")
 
     def __init__(self) -> None:
         self.pending: list[tuple[float, TaskId, int, StoredTask]] = []
         self.scheduled: list[tuple[float, TaskId, int, StoredTask]] = []
         self.leases: list[tuple[float, int, StoredTask]] = []
         self.counts: dict[TaskState, int] = defaultdict(int)
+        self.wakeup = trio.Event()
+        self.paused = False
+
+    def wake(self) -> None:
+        self.wakeup.set()
         self.wakeup = trio.Event()
 
 
@@ -70,7 +104,8 @@ class MemoryBackend:
 
     Time comes from ``clock`` (default ``trio.current_time``), so tests can run on
     ``autojump_clock``. Several workers may share one instance; it lives as long as the
-    process.
+    process. ``max_lost`` expired leases make a task poison (dead, "worker lost N
+    times"); results are kept ``result_ttl`` seconds (``None``: forever).
 
     Example::
 
@@ -88,17 +123,22 @@ class MemoryBackend:
         max_payload_bytes: int = 1 << 20,
         aging: float = 60.0,
         max_lost: int = 3,
+        result_ttl: float | None = 7 * 86400.0,
     ) -> None:
-        if default_max_attempts < 1:
-            raise ValueError(f"default_max_attempts must be >= 1, got {default_max_attempts}")
-        if aging <= 0:
-            raise ValueError(f"aging must be > 0 seconds per priority level, got {aging}")
+        check_options(
+            default_max_attempts=default_max_attempts,
+            max_payload_bytes=max_payload_bytes,
+            aging=aging,
+            max_lost=max_lost,
+            result_ttl=result_ttl,
+        )
         self._codec = codec if codec is not None else JsonCodec()
         self._clock = clock
         self.default_max_attempts = default_max_attempts
         self.max_payload_bytes = max_payload_bytes
         self.aging = aging
         self.max_lost = max_lost
+        self.result_ttl = result_ttl
         self._tasks: dict[TaskId, StoredTask] = {}
         self._queues: dict[str, _Queue] = defaultdict(_Queue)
         self._unique: dict[str, TaskId] = {}
@@ -141,9 +181,10 @@ class MemoryBackend:
 
     async def push_many(self, jobs: Iterable[Job]) -> list[TaskId]:
         await trio.lowlevel.checkpoint()
-        encoded = [(job, self._encode(job)) for job in jobs]  # validate all before storing
-        now = self.now()
-        return [self._insert(job, payload, now) for job, payload in encoded]
+        with traced_send(list(jobs)) as traced:  # PRODUCER span + traceparent header
+            encoded = [(job, self._encode(job)) for job in traced]  # validate all first
+            now = self.now()
+            return [self._insert(job, payload, now) for job, payload in encoded]
 
     def _encode(self, job: Job) -> bytes:
         payload = self._codec.encode(job.args)
@@ -189,14 +230,20 @@ class MemoryBackend:
         rec.state = state
         rec.version += 1
 
-    def _make_ready(self, q: _Queue, rec: StoredTask, now: float, eligible_at: float) -> None:
-        """Put ``rec`` in pending (due now) or scheduled (later)."""
-        rec.order = eligible_at - rec.priority * self.aging
+    def _make_ready(
+        self, q: _Queue, rec: StoredTask, now: float, eligible_at: float | None = None
+    ) -> None:
+        """Put ``rec`` in pending (due now) or scheduled (later).
+
+        With ``eligible_at`` the order key is recomputed from it; without, the task keeps
+        its order key (its place in line) exactly.
+        """
+        if eligible_at is not None:
+            rec.order = eligible_at - rec.priority * self.aging
         if rec.run_at <= now:
             self._move(q, rec, TaskState.PENDING)
             heapq.heappush(q.pending, (rec.order, rec.id, rec.version, rec))
-            q.wakeup.set()
-            q.wakeup = trio.Event()
+            q.wake()
         else:
             self._move(q, rec, TaskState.SCHEDULED)
             heapq.heappush(q.scheduled, (rec.run_at, rec.id, rec.version, rec))
@@ -204,6 +251,7 @@ class MemoryBackend:
     def _finish(self, q: _Queue, rec: StoredTask, state: TaskState) -> None:
         self._move(q, rec, state)
         rec.owner = None
+        rec.cancel_reason = None
         if rec.unique_key is not None and self._unique.get(rec.unique_key) == rec.id:
             del self._unique[rec.unique_key]
 
@@ -214,14 +262,19 @@ class MemoryBackend:
                 self._move(q, rec, TaskState.PENDING)
                 heapq.heappush(q.pending, (rec.order, rec.id, rec.version, rec))
 
-    def _reclaim_expired(self, q: _Queue, now: float) -> None:
+    def _reclaim_expired(self, q: _Queue, now: float) -> int:
+        count = 0
         while q.leases and q.leases[0][0] <= now:
             _, token, rec = heapq.heappop(q.leases)
             if rec.state is not TaskState.LEASED or rec.token != token or rec.deadline > now:
                 continue  # settled, re-claimed, or renewed since
+            count += 1
             rec.lost += 1
             rec.last_error = "worker lost"
-            if rec.lost >= self.max_lost:
+            if rec.cancel_reason is not None:
+                rec.dead_reason = f"cancelled: {rec.cancel_reason} (worker lost)"
+                self._finish(q, rec, TaskState.DEAD)
+            elif rec.lost >= self.max_lost:
                 rec.dead_reason = f"worker lost {rec.lost} times"
                 self._finish(q, rec, TaskState.DEAD)
             elif rec.attempt >= rec.max_attempts:
@@ -229,7 +282,9 @@ class MemoryBackend:
                 self._finish(q, rec, TaskState.DEAD)
             else:
                 rec.run_at = now
-                self._make_ready(q, rec, now, eligible_at=rec.order + rec.priority * self.aging)
+                rec.owner = None
+                self._make_ready(q, rec, now)  # keeps its place in line
+        return count
 
     # --- consuming ------------------------------------------------------------------
 
@@ -242,6 +297,8 @@ class MemoryBackend:
         self._reclaim_expired(q, now)
         self._promote_due(q, now)
         out: list[Task[bytes]] = []
+        if q.paused:
+            return out
         while q.pending and len(out) < limit:
             _, _, version, rec = heapq.heappop(q.pending)
             if rec.version != version:
@@ -269,7 +326,7 @@ class MemoryBackend:
 
     async def wait_for_work(self, queue: str) -> None:
         q = self._queues[queue]
-        due = [heap[0][0] for heap in (q.scheduled, q.leases) if heap]
+        due = [heap[0][0] for heap in (q.scheduled, q.leases) if heap] if not q.paused else []
         # The clock may be a user's; sleep on trio's for the same span.
         span = max(0.0, min(due) - self.now()) if due else math.inf
         with trio.move_on_after(span):
@@ -303,13 +360,15 @@ class MemoryBackend:
                 continue
             rec.deadline = now + lease_ttl
             heapq.heappush(self._queues[rec.queue].leases, (rec.deadline, rec.token, rec))
-            out.append(Renewal.RENEWED)
+            out.append(Renewal.RENEWED if rec.cancel_reason is None else Renewal.CANCEL_REQUESTED)
         return out
 
     async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
         await trio.lowlevel.checkpoint()
         rec = self._leased(task_id, token)
         rec.result = result
+        if result is not None and self.result_ttl is not None:
+            rec.result_expires_at = self.now() + self.result_ttl
         self._finish(self._queues[rec.queue], rec, TaskState.DONE)
 
     async def retry(self, task_id: TaskId, token: int, *, delay: float, error: str) -> None:
@@ -317,6 +376,8 @@ class MemoryBackend:
         rec = self._leased(task_id, token)
         now = self.now()
         rec.last_error = error
+        if self._cancel_instead(rec):
+            return
         rec.owner = None
         rec.run_at = now + max(0.0, delay)
         self._make_ready(self._queues[rec.queue], rec, now, eligible_at=rec.run_at)
@@ -331,12 +392,86 @@ class MemoryBackend:
         await trio.lowlevel.checkpoint()
         rec = self._leased(task_id, token)
         rec.attempt -= 1
+        if self._cancel_instead(rec):
+            return
         rec.owner = None
         now = self.now()
         # Keep its place in line: same order key as before it was claimed.
-        self._make_ready(
-            self._queues[rec.queue], rec, now, eligible_at=rec.order + rec.priority * self.aging
-        )
+        self._make_ready(self._queues[rec.queue], rec, now)
+
+    def _cancel_instead(self, rec: StoredTask) -> bool:
+        """A task with a cancel request goes to dead letters instead of back in line."""
+        if rec.cancel_reason is None:
+            return False
+        rec.dead_reason = f"cancelled: {rec.cancel_reason}"
+        self._finish(self._queues[rec.queue], rec, TaskState.DEAD)
+        return True
+
+    # --- producers and operators ----------------------------------------------------
+
+    async def get_task(self, task_id: TaskId) -> TaskInfo | None:
+        await trio.lowlevel.checkpoint()
+        rec = self._tasks.get(task_id)
+        return None if rec is None else rec.info(self.now())
+
+    async def cancel(self, task_id: TaskId, *, reason: str = "cancel requested") -> bool:
+        await trio.lowlevel.checkpoint()
+        rec = self._tasks.get(task_id)
+        if rec is None or rec.state.finished:
+            return False
+        if rec.state is TaskState.LEASED:
+            rec.cancel_reason = reason
+        else:
+            rec.dead_reason = f"cancelled: {reason}"
+            self._finish(self._queues[rec.queue], rec, TaskState.DEAD)
+        return True
+
+    async def reclaim(self) -> int:
+        await trio.lowlevel.checkpoint()
+        now = self.now()
+        return sum(self._reclaim_expired(q, now) for q in list(self._queues.values()))
+
+    async def pause_queue(self, queue: str) -> None:
+        await trio.lowlevel.checkpoint()
+        _check_queue_name(queue)
+        self._queues[queue].paused = True
+
+    async def resume_queue(self, queue: str) -> None:
+        await trio.lowlevel.checkpoint()
+        _check_queue_name(queue)
+        q = self._queues[queue]
+        if q.paused:
+            q.paused = False
+            q.wake()
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[TaskInfo]:
+        await trio.lowlevel.checkpoint()
+        now = self.now()
+        dead = (r for r in self._tasks.values() if r.queue == queue and r.state is TaskState.DEAD)
+        return [r.info(now) for r in sorted(dead, key=lambda r: r.id)[:limit]]
+
+    async def replay(self, task_ids: Sequence[TaskId], *, delay: float = 0.0) -> list[TaskId]:
+        await trio.lowlevel.checkpoint()
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
+        now = self.now()
+        out: list[TaskId] = []
+        for task_id in task_ids:
+            rec = self._tasks.get(task_id)
+            if rec is None or rec.state is not TaskState.DEAD:
+                continue
+            rec.attempt = 0
+            rec.lost = 0
+            rec.dead_reason = None
+            rec.run_at = now + delay
+            if rec.unique_key is not None:
+                if rec.unique_key in self._unique:
+                    rec.unique_key = None  # a live task took the key meanwhile
+                else:
+                    self._unique[rec.unique_key] = rec.id
+            self._make_ready(self._queues[rec.queue], rec, now, eligible_at=rec.run_at)
+            out.append(rec.id)
+        return out
 
     # --- inspection -----------------------------------------------------------------
 
@@ -359,6 +494,7 @@ class MemoryBackend:
                 leased=q.counts[TaskState.LEASED],
                 done=q.counts[TaskState.DONE],
                 dead=q.counts[TaskState.DEAD],
+                paused=q.paused,
             )
             for name, q in sorted(self._queues.items())
         }
@@ -374,3 +510,27 @@ class MemoryBackend:
         return self._tasks[task_id]
 
 
+def _check_queue_name(queue: str) -> None:
+    if not queue or not isinstance(queue, str):
+        raise ValueError(f"queue must be a non-empty string, got {queue!r}")
+
+
+def check_options(
+    *,
+    default_max_attempts: int,
+    max_payload_bytes: int,
+    aging: float,
+    max_lost: int,
+    result_ttl: float | None,
+) -> None:
+    """Validate the options every backend shares; raise ValueError naming the fix."""
+    if default_max_attempts < 1:
+        raise ValueError(f"default_max_attempts must be >= 1, got {default_max_attempts}")
+    if max_payload_bytes < 1:
+        raise ValueError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
+    if aging <= 0:
+        raise ValueError(f"aging must be > 0 seconds per priority level, got {aging}")
+    if max_lost < 1:
+        raise ValueError(f"max_lost must be >= 1 expired lease, got {max_lost}")
+    if result_ttl is not None and result_ttl < 0:
+        raise ValueError(f"result_ttl must be >= 0 seconds or None (forever), got {result_ttl}")

@@ -11,11 +11,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
+import trio
 
 from ._codec import Codec
+from ._errors import TurretError
 from ._task import Task, TaskId
 
-__all__ = ["Backend", "Job", "QueueStats", "Renewal", "TaskState"]
+__all__ = [
+    "Backend",
+    "Job",
+    "QueueStats",
+    "Renewal",
+    "TaskInfo",
+    "TaskState",
+    "UnknownTask",
+    "wait_result",
+]
+
+#: The states in which a task is "live": its unique key is taken, it may still run.
+LIVE_STATES = frozenset({"pending", "scheduled", "leased"})
 
 
 class TaskState(enum.Enum):
@@ -26,6 +40,11 @@ class TaskState(enum.Enum):
     LEASED = "leased"
     DONE = "done"
     DEAD = "dead"
+
+    @property
+    def finished(self) -> bool:
+        """True for ``DONE`` and ``DEAD``: the task will not run again (unless replayed)."""
+        return self in (TaskState.DONE, TaskState.DEAD)
 
 
 class Renewal(enum.Enum):
@@ -87,6 +106,86 @@ class QueueStats:
     leased: int = 0
     done: int = 0
     dead: int = 0
+    #: True between ``pause_queue()`` and ``resume_queue()``: claims return nothing.
+    paused: bool = False
+
+
+class UnknownTask(TurretError, LookupError):
+    """The backend has no task with this id (never pushed, or purged).
+
+    Example::
+
+        try:
+            await wait_result(backend, TaskId("01H..."))
+        except turret.UnknownTask:
+            ...
+    """
+
+
+@attrs.frozen
+class TaskInfo:
+    """A snapshot of one stored task: what :meth:`Backend.get_task` returns.
+
+    ``args`` and ``result`` are encoded bytes (decode them with ``backend.codec``);
+    ``result`` is ``None`` when the handler returned ``None`` or when its retention
+    (``result_expires_at``) is over. ``lost`` counts the leases that expired under this
+    task ("worker lost"). Times are on the backend's clock.
+
+    Example::
+
+        info = await backend.get_task(task_id)
+        if info is not None and info.state is TaskState.DONE and info.result is not None:
+            print(backend.codec.decode(info.result))
+    """
+
+    id: TaskId
+    queue: str
+    state: TaskState
+    args: bytes
+    attempt: int
+    max_attempts: int
+    priority: int
+    run_at: float
+    enqueued_at: float
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    unique_key: str | None = None
+    owner: str | None = None
+    lease_deadline: float | None = None
+    token: int = 0
+    lost: int = 0
+    result: bytes | None = None
+    result_expires_at: float | None = None
+    last_error: str | None = None
+    dead_reason: str | None = None
+    cancel_requested: bool = False
+
+
+async def wait_result(backend: Backend, task_id: TaskId, *, poll_interval: float = 0.5) -> TaskInfo:
+    """Wait until the task is finished (done or dead) and return its :class:`TaskInfo`.
+
+    Polls :meth:`Backend.get_task` every ``poll_interval`` seconds (trio's clock); bound
+    the wait with a cancel scope. Raises :class:`UnknownTask` if the id is unknown.
+
+    Example::
+
+        task_id = await backend.push(21, queue="math")
+        with trio.fail_after(30):
+            info = await wait_result(backend, task_id)
+        assert info.state is TaskState.DONE
+        print(backend.codec.decode(info.result))      # 42
+    """
+    if poll_interval <= 0:
+        raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+    while True:
+        info = await backend.get_task(task_id)
+        if info is None:
+            raise UnknownTask(
+                f"no task {task_id!r} in this backend; check the id and the backend it was "
+                "pushed to (finished tasks may have been purged)"
+            )
+        if info.state.finished:
+            return info
+        await trio.sleep(poll_interval)
 
 
 class Backend(Protocol):
@@ -96,14 +195,23 @@ class Backend(Protocol):
 
     * ``claim`` is non-blocking and atomic: it first reclaims expired leases (an attempt
       consumed, error "worker lost"), then leases up to ``limit`` due tasks in order
-      (effective priority with aging, then run_at, then FIFO), each with a fresh, larger
-      fencing token. ``wait_for_work`` returns when new work may be there; the worker
-      bounds it by its poll interval.
+      (effective priority with aging, then run_at, then FIFO), each with a fresh fencing
+      token: tokens are unique in the whole store and grow with every claim (the worker
+      keys its running tasks by token). ``wait_for_work`` returns when new work may be
+      there; the worker bounds it by its poll interval.
     * ``ack``/``retry``/``dead``/``release`` take the task id and the lease's fencing
       token and raise :class:`~turret.LeaseLost` when the token is stale: they never
       overwrite a newer claim. ``release`` gives the task back without consuming an
       attempt.
     * Times in :class:`~turret.TaskContext` are on the backend's clock, ``now()``.
+    * An expired lease is reclaimed by ``claim`` (or ``reclaim``): the attempt counts,
+      ``last_error`` is "worker lost"; after ``max_lost`` expiries the task goes to dead
+      letters with reason "worker lost N times".
+    * ``cancel`` kills a pending/scheduled task at once (dead, reason
+      "cancelled: <reason>"); for a leased one it sets a flag that ``renew`` reports as
+      :attr:`Renewal.CANCEL_REQUESTED`, and a later ``retry``/``release``/reclaim of that
+      task dead-letters it instead.
+    * A paused queue (``pause_queue``) yields nothing from ``claim``.
 
     Example::
 
@@ -172,4 +280,36 @@ class Backend(Protocol):
 
     async def stats(self) -> list[QueueStats]:
         """Counts per queue and state."""
+        ...
+
+    # --- operations for producers and operators (not used by the worker loop) ------
+
+    async def get_task(self, task_id: TaskId) -> TaskInfo | None:
+        """A snapshot of one task, or ``None`` if the id is unknown."""
+        ...
+
+    async def cancel(self, task_id: TaskId, *, reason: str = "cancel requested") -> bool:
+        """Cancel a task: dead at once if it waits, cancel-requested if it runs.
+
+        Returns False when there was nothing to cancel (unknown, done or dead)."""
+        ...
+
+    async def reclaim(self) -> int:
+        """Reclaim every expired lease now (``claim`` does this too); return how many."""
+        ...
+
+    async def pause_queue(self, queue: str) -> None:
+        """Stop handing out tasks of ``queue`` (running ones go on). Idempotent."""
+        ...
+
+    async def resume_queue(self, queue: str) -> None:
+        """Hand out tasks of ``queue`` again after :meth:`pause_queue`. Idempotent."""
+        ...
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[TaskInfo]:
+        """Dead tasks of ``queue``, oldest first (by id), at most ``limit``."""
+        ...
+
+    async def replay(self, task_ids: Sequence[TaskId], *, delay: float = 0.0) -> list[TaskId]:
+        """Put dead tasks back in line with fresh attempts; return the ids replayed."""
         ...
