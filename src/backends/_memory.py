@@ -17,6 +17,17 @@ from ..core._errors import LeaseLost, PayloadTooLarge
 from ..core._task import Lease, Task, TaskContext, TaskId
 from ..observability._propagation import traced_send
 
+
+async def _cancel_point() -> None:
+    """The worker's hot path (claim, renew, settle) is a cancel point, not a schedule point.
+
+    These calls never block, and the worker yields on every task anyway (the handler and
+    the reservation), so skipping the extra trip through the scheduler is safe; it is
+    worth about a third of the memory backend's throughput.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+
+
 __all__ = ["MemoryBackend", "MemoryStatistics", "StoredTask"]
 
 
@@ -291,7 +302,7 @@ class MemoryBackend:
     async def claim(
         self, queue: str, *, owner: str, limit: int, lease_ttl: float
     ) -> list[Task[bytes]]:
-        await trio.lowlevel.checkpoint()
+        await _cancel_point()
         now = self.now()
         q = self._queues[queue]
         self._reclaim_expired(q, now)
@@ -349,7 +360,7 @@ class MemoryBackend:
     async def renew(
         self, leases: Sequence[tuple[TaskId, int]], *, lease_ttl: float
     ) -> list[Renewal]:
-        await trio.lowlevel.checkpoint()
+        await _cancel_point()
         now = self.now()
         out: list[Renewal] = []
         for task_id, token in leases:
@@ -364,7 +375,7 @@ class MemoryBackend:
         return out
 
     async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
-        await trio.lowlevel.checkpoint()
+        await _cancel_point()
         rec = self._leased(task_id, token)
         rec.result = result
         if result is not None and self.result_ttl is not None:
@@ -372,7 +383,7 @@ class MemoryBackend:
         self._finish(self._queues[rec.queue], rec, TaskState.DONE)
 
     async def retry(self, task_id: TaskId, token: int, *, delay: float, error: str) -> None:
-        await trio.lowlevel.checkpoint()
+        await _cancel_point()
         rec = self._leased(task_id, token)
         now = self.now()
         rec.last_error = error
@@ -383,13 +394,13 @@ class MemoryBackend:
         self._make_ready(self._queues[rec.queue], rec, now, eligible_at=rec.run_at)
 
     async def dead(self, task_id: TaskId, token: int, *, reason: str) -> None:
-        await trio.lowlevel.checkpoint()
+        await _cancel_point()
         rec = self._leased(task_id, token)
         rec.dead_reason = reason
         self._finish(self._queues[rec.queue], rec, TaskState.DEAD)
 
     async def release(self, task_id: TaskId, token: int) -> None:
-        await trio.lowlevel.checkpoint()
+        await _cancel_point()
         rec = self._leased(task_id, token)
         rec.attempt -= 1
         if self._cancel_instead(rec):

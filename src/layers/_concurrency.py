@@ -1,4 +1,9 @@
-"""Concurrency limit: at most ``n`` calls at once, expressed through readiness."""
+"""Concurrency limits: at most ``n`` calls at once, expressed through readiness.
+
+:class:`ConcurrencyLimitLayer` gives every service it wraps (every worker built with it)
+its own limit. :class:`GlobalConcurrencyLimitLayer` shares one ``trio.CapacityLimiter``
+across everything it wraps: one limit across several workers.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,14 @@ import attrs
 import trio
 
 from ..core._service import Service
+from ._nowait import nowait_reservation
 
-__all__ = ["ConcurrencyLimit", "ConcurrencyLimitLayer", "ConcurrencyLimitStatistics"]
+__all__ = [
+    "ConcurrencyLimit",
+    "ConcurrencyLimitLayer",
+    "ConcurrencyLimitStatistics",
+    "GlobalConcurrencyLimitLayer",
+]
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -27,41 +38,27 @@ class ConcurrencyLimitStatistics:
 
 
 class _Permit:
-    __slots__ = ("limiter", "token")
+    """One slot of ``limiter`` (the permit itself is the borrower), then the inner one."""
 
-    def __init__(self, limiter: trio.CapacityLimiter) -> None:
-        self.limiter = limiter
-        self.token = object()  # a fresh borrower: two limits in one stack never clash
-
-    async def __aenter__(self) -> None:
-        await self.limiter.acquire_on_behalf_of(self.token)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.limiter.release_on_behalf_of(self.token)
-
-
-class _Chained:
-    """Enter ``first``, then ``second``; exit in reverse; release ``first`` if ``second`` fails."""
-
-    __slots__ = ("first", "second")
+    __slots__ = ("inner", "limiter")
 
     def __init__(
-        self, first: AbstractAsyncContextManager[None], second: AbstractAsyncContextManager[None]
+        self, limiter: trio.CapacityLimiter, inner: AbstractAsyncContextManager[None]
     ) -> None:
-        self.first = first
-        self.second = second
+        self.limiter = limiter
+        self.inner = inner
 
     async def __aenter__(self) -> None:
-        await self.first.__aenter__()
         try:
-            await self.second.__aenter__()
-        except BaseException as exc:
-            await self.first.__aexit__(type(exc), exc, exc.__traceback__)
+            # A free slot is taken without a schedule point (acquire_on_behalf_of always
+            # yields to the scheduler, which would double the layer's cost).
+            self.limiter.acquire_on_behalf_of_nowait(self)
+        except trio.WouldBlock:
+            await self.limiter.acquire_on_behalf_of(self)
+        try:
+            await self.inner.__aenter__()
+        except BaseException:
+            self.limiter.release_on_behalf_of(self)
             raise
 
     async def __aexit__(
@@ -71,20 +68,44 @@ class _Chained:
         tb: TracebackType | None,
     ) -> None:
         try:
-            await self.second.__aexit__(exc_type, exc, tb)
+            await self.inner.__aexit__(exc_type, exc, tb)
         finally:
-            await self.first.__aexit__(exc_type, exc, tb)
+            self.limiter.release_on_behalf_of(self)
+
+
+class _PermitNowait(_Permit):
+    """``ready_nowait``: a slot now or ``trio.WouldBlock``, then the inner one likewise."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        self.limiter.acquire_on_behalf_of_nowait(self)
+        try:
+            await self.inner.__aenter__()
+        except BaseException:
+            self.limiter.release_on_behalf_of(self)
+            raise
 
 
 class ConcurrencyLimit(Service[Req, Res]):
-    """The service :class:`ConcurrencyLimitLayer` builds. Ready when a slot is free."""
+    """The service the concurrency layers build. Ready when a slot is free.
+
+    ``ready()`` takes a slot, then the inner service's reservation; both are released
+    when the reservation exits (also on cancellation).
+    """
+
+    __slots__ = ("inner", "limiter")
 
     def __init__(self, inner: Service[Req, Res], limiter: trio.CapacityLimiter) -> None:
         self.inner = inner
         self.limiter = limiter
 
     def ready(self) -> AbstractAsyncContextManager[None]:
-        return _Chained(_Permit(self.limiter), self.inner.ready())
+        return _Permit(self.limiter, self.inner.ready())
+
+    def ready_nowait(self) -> AbstractAsyncContextManager[None]:
+        """Like ``ready()``, but entering raises ``trio.WouldBlock`` instead of waiting."""
+        return _PermitNowait(self.limiter, nowait_reservation(self.inner))
 
     async def __call__(self, req: Req, /) -> Res:
         return await self.inner(req)
@@ -102,7 +123,9 @@ class ConcurrencyLimitLayer(Generic[Req, Res]):
     """At most ``n`` calls in flight through this layer, per service it wraps.
 
     The slot is taken in ``ready()``, so a worker whose slots are all taken does not
-    claim tasks: the limit is backpressure, not a queue in memory.
+    claim tasks: the limit is backpressure, not a queue in memory. Each worker built
+    with this layer gets its own ``n`` slots; see :class:`GlobalConcurrencyLimitLayer`
+    for one limit shared by several workers.
 
     Example::
 
@@ -117,8 +140,41 @@ class ConcurrencyLimitLayer(Generic[Req, Res]):
 
     @n.validator
     def _check(self, _attr: attrs.Attribute[int], value: int) -> None:
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"ConcurrencyLimitLayer(n): n must be an int >= 1, got {value!r}")
 
     def layer(self, inner: Service[Req, Res], /) -> ConcurrencyLimit[Req, Res]:
         return ConcurrencyLimit(inner, trio.CapacityLimiter(self.n))
+
+
+def _to_limiter(value: trio.CapacityLimiter | int) -> trio.CapacityLimiter:
+    if isinstance(value, trio.CapacityLimiter):
+        return value
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(
+            "GlobalConcurrencyLimitLayer(limiter): pass a trio.CapacityLimiter or an int >= 1, "
+            f"got {value!r}"
+        )
+    return trio.CapacityLimiter(value)
+
+
+@attrs.frozen
+class GlobalConcurrencyLimitLayer(Generic[Req, Res]):
+    """At most ``limiter.total_tokens`` calls in flight across *every* service it wraps.
+
+    Pass an int to make one ``trio.CapacityLimiter`` owned by this layer object, or a
+    limiter to share it with other code. Build several workers with the same layer
+    object and they share the limit (readiness: a worker claims only when a slot of
+    the shared limiter is free).
+
+    Example::
+
+        db = GlobalConcurrencyLimitLayer(4)      # 4 database calls, all workers together
+        a = WorkerBuilder("a").backend(backend).queue("a").layer(db).build(job_a)
+        b = WorkerBuilder("b").backend(backend).queue("b").layer(db).build(job_b)
+    """
+
+    limiter: trio.CapacityLimiter = attrs.field(converter=_to_limiter)
+
+    def layer(self, inner: Service[Req, Res], /) -> ConcurrencyLimit[Req, Res]:
+        return ConcurrencyLimit(inner, self.limiter)

@@ -179,7 +179,8 @@ async def test_stale_settle_is_refused_and_reported(
             stolen.extend(await backend.claim("default", owner="thief", limit=1, lease_ttl=60))
 
     task_id = await backend.push(1)
-    worker = builder(backend).on_event(on_event).build(handler)
+    # One slot, busy in the handler: the worker itself cannot reclaim the expired lease.
+    worker = builder(backend).concurrency(1).on_event(on_event).build(handler)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(worker.run)
         with trio.fail_after(30):
