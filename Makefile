@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "turret needs Python 3.11+"'
@@ -30,6 +30,13 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# Peers for bench/bench_postgres.py (procrastinate, pgqueuer) in their own venv, never
+# in the project's dependencies (issue 6).
+bench-peers: $(STAMP)
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q -e . 'psycopg[binary]' psycopg-pool procrastinate pgqueuer asyncpg
+	$(BIN)/python bench/bench_postgres.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,286 @@
+"""The PostgreSQL backend's schema (versioned migrations) and its statements.
+
+Every statement is a template with ``{s}`` for the quoted schema name; nothing else is
+ever formatted into SQL (values are always bound parameters).
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+_LIVE = "('pending', 'scheduled', 'leased')"
+
+#: Reclaim expired leases; ``{where}`` narrows it (one queue inside ``claim``, or none).
+#: The task keeps its place in line (order_key unchanged) and is due at once; after
+#: ``max_lost`` expiries, on a cancel request, or on its last attempt it goes dead.
+RECLAIM = """
+    WITH expired AS (
+        SELECT t.id FROM {s}.tasks t
+        WHERE t.state = 'leased' AND t.deadline <= {now} {where}
+        FOR UPDATE SKIP LOCKED
+    ), moved AS (
+        UPDATE {s}.tasks t SET
+            lost = t.lost + 1,
+            last_error = 'worker lost',
+            owner = NULL,
+            deadline = NULL,
+            cancel_reason = NULL,
+            state = CASE
+                WHEN t.cancel_reason IS NOT NULL OR t.lost + 1 >= {max_lost}
+                    OR t.attempt >= t.max_attempts THEN 'dead'
+                ELSE 'pending' END,
+            run_at = CASE
+                WHEN t.cancel_reason IS NOT NULL OR t.lost + 1 >= {max_lost}
+                    OR t.attempt >= t.max_attempts THEN t.run_at
+                ELSE {now} END,
+            dead_reason = CASE
+                WHEN t.cancel_reason IS NOT NULL
+                    THEN 'cancelled: ' || t.cancel_reason || ' (worker lost)'
+                WHEN t.lost + 1 >= {max_lost} THEN 'worker lost ' || (t.lost + 1) || ' times'
+                WHEN t.attempt >= t.max_attempts
+                    THEN 'worker lost on the last attempt (' || t.attempt || ')'
+                ELSE t.dead_reason END
+        FROM expired e WHERE t.id = e.id AND t.state = 'leased' AND t.deadline <= {now}
+        RETURNING 1
+    )
+"""
+
+_CLAIM_FUNCTION = (
+    """
+    CREATE FUNCTION {s}.claim(
+        p_queue text, p_owner text, p_limit integer, p_now double precision,
+        p_deadline double precision, p_max_lost integer
+    ) RETURNS TABLE (
+        id text, payload bytea, attempt integer, max_attempts integer, priority integer,
+        run_at double precision, enqueued_at double precision, headers jsonb, token bigint
+    ) LANGUAGE plpgsql AS $fn$
+    #variable_conflict use_column
+    DECLARE
+        n_reclaimed integer;
+    BEGIN
+    """
+    + RECLAIM.format(s="{s}", now="p_now", max_lost="p_max_lost", where="AND t.queue = p_queue")
+    + """
+        SELECT count(*) INTO n_reclaimed FROM moved;
+        IF EXISTS (SELECT 1 FROM {s}.queues q WHERE q.name = p_queue AND q.paused) THEN
+            RETURN;
+        END IF;
+        RETURN QUERY
+        WITH picked AS (
+            SELECT c.id, nextval('{s}.token') AS tok FROM (
+                SELECT t.id FROM {s}.tasks t
+                WHERE t.queue = p_queue AND t.state IN ('pending', 'scheduled')
+                    AND t.run_at <= p_now
+                ORDER BY t.order_key, t.id
+                LIMIT p_limit
+                FOR UPDATE SKIP LOCKED
+            ) c
+        ), upd AS (
+            UPDATE {s}.tasks t SET
+                state = 'leased', attempt = t.attempt + 1, token = p.tok,
+                owner = p_owner, deadline = p_deadline
+            FROM picked p WHERE t.id = p.id
+            RETURNING t.id, t.payload, t.attempt, t.max_attempts, t.priority, t.run_at,
+                t.enqueued_at, t.headers, t.token, t.order_key
+        )
+        SELECT u.id, u.payload, u.attempt, u.max_attempts, u.priority, u.run_at,
+            u.enqueued_at, u.headers, u.token
+        FROM upd u ORDER BY u.order_key, u.id;
+    END
+    $fn$
+    """
+)
+
+#: Migrations, applied in order under an advisory lock; ``{s}.migrations`` records them.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE {s}.tasks (
+            id text COLLATE "C" PRIMARY KEY,
+            queue text COLLATE "C" NOT NULL,
+            state text NOT NULL,
+            payload bytea NOT NULL,
+            priority integer NOT NULL,
+            attempt integer NOT NULL DEFAULT 0,
+            max_attempts integer NOT NULL,
+            run_at double precision NOT NULL,
+            enqueued_at double precision NOT NULL,
+            order_key double precision NOT NULL,
+            headers jsonb NOT NULL,
+            unique_key text,
+            owner text,
+            deadline double precision,
+            token bigint NOT NULL DEFAULT 0,
+            lost integer NOT NULL DEFAULT 0,
+            result bytea,
+            result_expires_at double precision,
+            last_error text,
+            dead_reason text,
+            cancel_reason text
+        )
+        """,
+        # Claim order: the contract's key, then FIFO (ULIDs sort by time under "C").
+        "CREATE INDEX tasks_claim ON {s}.tasks (queue, order_key, id) "
+        "WHERE state IN ('pending', 'scheduled')",
+        "CREATE INDEX tasks_due ON {s}.tasks (queue, run_at) WHERE state = 'scheduled'",
+        "CREATE INDEX tasks_leased ON {s}.tasks (queue, deadline) WHERE state = 'leased'",
+        "CREATE INDEX tasks_dead ON {s}.tasks (queue, id) WHERE state = 'dead'",
+        f"CREATE UNIQUE INDEX tasks_unique ON {{s}}.tasks (unique_key) WHERE state IN {_LIVE}",
+        'CREATE TABLE {s}.queues (name text COLLATE "C" PRIMARY KEY, '
+        "paused boolean NOT NULL DEFAULT false)",
+        # Fencing tokens: one sequence for the whole store, so a token names one claim.
+        "CREATE SEQUENCE {s}.token",
+        _CLAIM_FUNCTION,
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+COLUMNS = (
+    "id, queue, state, payload, priority, attempt, max_attempts, run_at, enqueued_at, "
+    "headers, unique_key, owner, deadline, token, lost, result, result_expires_at, "
+    "last_error, dead_reason, cancel_reason"
+)
+
+PUSH = """
+    WITH ins AS (
+        INSERT INTO {s}.tasks (id, queue, state, payload, priority, max_attempts, run_at,
+            enqueued_at, order_key, headers, unique_key)
+        SELECT i.id, i.queue, i.state, i.payload, i.priority, i.max_attempts, i.run_at,
+            %(now)s, i.order_key, i.headers::jsonb, i.unique_key
+        FROM unnest(%(ids)s::text[], %(queues)s::text[], %(states)s::text[],
+            %(payloads)s::bytea[], %(priorities)s::int4[], %(max_attempts)s::int4[],
+            %(run_ats)s::float8[], %(order_keys)s::float8[], %(headers)s::text[],
+            %(unique_keys)s::text[])
+            AS i(id, queue, state, payload, priority, max_attempts, run_at, order_key,
+                headers, unique_key)
+        ON CONFLICT DO NOTHING
+        RETURNING id, queue
+    )
+    SELECT
+        (SELECT array_agg(id) FROM ins),
+        (SELECT count(pg_notify(%(channel)s, q.queue))
+            FROM (SELECT DISTINCT queue FROM ins) q)
+"""
+
+LIVE_BY_KEY = (
+    f"SELECT unique_key, id FROM {{s}}.tasks WHERE unique_key = ANY(%s) AND state IN {_LIVE}"
+)
+
+ACK = """
+    WITH i AS (
+        SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::int8[], %(results)s::bytea[],
+            %(expires)s::float8[], %(nows)s::float8[]) AS i(id, token, result, expires, now)
+    )
+    UPDATE {s}.tasks t SET state = 'done', result = i.result, result_expires_at = i.expires,
+        owner = NULL, deadline = NULL, cancel_reason = NULL
+    FROM i
+    WHERE t.id = i.id AND t.token = i.token AND t.state = 'leased' AND t.deadline > i.now
+    RETURNING t.id
+"""
+
+RENEW = """
+    WITH i AS (
+        SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::int8[]) AS i(id, token)
+    )
+    UPDATE {s}.tasks t SET deadline = %(deadline)s
+    FROM i
+    WHERE t.id = i.id AND t.token = i.token AND t.state = 'leased' AND t.deadline > %(now)s
+    RETURNING t.id, t.token, t.cancel_reason IS NOT NULL
+"""
+
+_NOTIFY = """
+    SELECT u.queue, u.state,
+        CASE WHEN u.state IN ('pending', 'scheduled')
+            THEN pg_notify(%(channel)s, u.queue)::text END
+    FROM u
+"""
+
+RETRY = (
+    """
+    WITH u AS (
+        UPDATE {s}.tasks SET
+            last_error = %(error)s, owner = NULL, deadline = NULL,
+            state = CASE WHEN cancel_reason IS NOT NULL THEN 'dead'
+                WHEN %(run_at)s <= %(now)s THEN 'pending' ELSE 'scheduled' END,
+            dead_reason = CASE WHEN cancel_reason IS NOT NULL
+                THEN 'cancelled: ' || cancel_reason ELSE dead_reason END,
+            run_at = CASE WHEN cancel_reason IS NOT NULL THEN run_at ELSE %(run_at)s END,
+            order_key = CASE WHEN cancel_reason IS NOT NULL THEN order_key
+                ELSE %(run_at)s - priority * %(aging)s END,
+            cancel_reason = NULL
+        WHERE id = %(id)s AND token = %(token)s AND state = 'leased' AND deadline > %(now)s
+        RETURNING queue, state
+    )
+"""
+    + _NOTIFY
+)
+
+RELEASE = (
+    """
+    WITH u AS (
+        UPDATE {s}.tasks SET
+            attempt = attempt - 1, owner = NULL, deadline = NULL,
+            state = CASE WHEN cancel_reason IS NOT NULL THEN 'dead' ELSE 'pending' END,
+            dead_reason = CASE WHEN cancel_reason IS NOT NULL
+                THEN 'cancelled: ' || cancel_reason ELSE dead_reason END,
+            run_at = CASE WHEN cancel_reason IS NOT NULL THEN run_at
+                ELSE least(run_at, %(now)s) END,
+            cancel_reason = NULL
+        WHERE id = %(id)s AND token = %(token)s AND state = 'leased' AND deadline > %(now)s
+        RETURNING queue, state
+    )
+"""
+    + _NOTIFY
+)
+
+DEAD = """
+    UPDATE {s}.tasks SET state = 'dead', dead_reason = %(reason)s, owner = NULL,
+        deadline = NULL, cancel_reason = NULL
+    WHERE id = %(id)s AND token = %(token)s AND state = 'leased' AND deadline > %(now)s
+    RETURNING queue
+"""
+
+CANCEL = f"""
+    UPDATE {{s}}.tasks SET
+        state = CASE WHEN state = 'leased' THEN state ELSE 'dead' END,
+        dead_reason = CASE WHEN state = 'leased' THEN dead_reason
+            ELSE 'cancelled: ' || %(reason)s END,
+        cancel_reason = CASE WHEN state = 'leased' THEN %(reason)s ELSE NULL END
+    WHERE id = %(id)s AND state IN {_LIVE}
+    RETURNING 1
+"""
+
+NEXT_DUE = """
+    SELECT
+        (SELECT paused FROM {s}.queues WHERE name = %(queue)s),
+        EXISTS (SELECT 1 FROM {s}.tasks WHERE queue = %(queue)s AND state = 'pending'),
+        (SELECT min(run_at) FROM {s}.tasks WHERE queue = %(queue)s AND state = 'scheduled'),
+        (SELECT min(deadline) FROM {s}.tasks WHERE queue = %(queue)s AND state = 'leased')
+"""
+
+STATS = """
+    SELECT queue, state, count(*),
+        count(*) FILTER (WHERE state = 'scheduled' AND run_at <= %(now)s)
+    FROM {s}.tasks GROUP BY queue, state
+"""
+
+SET_PAUSED = """
+    WITH u AS (
+        INSERT INTO {s}.queues (name, paused) VALUES (%(queue)s, %(paused)s)
+        ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
+        RETURNING name
+    )
+    SELECT CASE WHEN NOT %(paused)s THEN pg_notify(%(channel)s, u.name)::text END FROM u
+"""
+
+REPLAY_ONE = f"""
+    UPDATE {{s}}.tasks t SET
+        state = %(state)s, attempt = 0, lost = 0, dead_reason = NULL,
+        run_at = %(run_at)s, order_key = %(run_at)s - t.priority * %(aging)s,
+        unique_key = CASE WHEN EXISTS (
+            SELECT 1 FROM {{s}}.tasks l
+            WHERE l.unique_key = t.unique_key AND l.state IN {_LIVE}
+        ) THEN NULL ELSE t.unique_key END
+    WHERE t.id = %(id)s AND t.state = 'dead'
+    RETURNING t.queue
+"""

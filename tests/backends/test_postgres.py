@@ -1,0 +1,265 @@
+"""PostgreSQL-specific behaviour beyond the conformance suite (which runs on it too).
+
+Connection loss (``pg_terminate_backend`` mid-run), the DSN's password never shown,
+concurrent migrations, coalesced acks, wake-ups through LISTEN/NOTIFY between two
+backend objects (two processes' view), and the lazy import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from turret import Job, LeaseLost, TaskContext, TaskState, WorkerBuilder
+
+from .postgres_kit import PREFIX, postgres_test_dsn
+
+psycopg = pytest.importorskip("psycopg")
+
+from turret.backends import PostgresBackend, redact_dsn  # noqa: E402
+
+SECRET = "s3cr3t-Pa55"
+
+
+@pytest.fixture
+def dsn() -> str:
+    return postgres_test_dsn()
+
+
+@pytest.fixture
+async def schema(dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh schema for one test, dropped afterwards."""
+    name = f"{PREFIX}pg_{os.urandom(4).hex()}"
+    yield name
+
+    def drop() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+    await trio.to_thread.run_sync(drop)
+
+
+def with_password(dsn: str) -> str:
+    """The test DSN with a password added (the test server trusts and ignores it)."""
+    scheme, rest = dsn.split("://", 1)
+    userinfo, _, hostpart = rest.rpartition("@")
+    user = userinfo or "postgres"
+    return f"{scheme}://{user}:{SECRET}@{hostpart}"
+
+
+async def terminate(dsn: str, application_name: str) -> int:
+    def kill() -> int:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (application_name,),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+    return await trio.to_thread.run_sync(kill)
+
+
+async def test_connections_killed_mid_run_lose_nothing(dsn: str, schema: str) -> None:
+    app = f"turret-kill-{os.urandom(4).hex()}"
+    n = 400
+    seen: dict[str, int] = {}
+
+    async def handler(i: int, ctx: TaskContext) -> int:
+        seen[ctx.id] = seen.get(ctx.id, 0) + 1
+        await trio.sleep(0.005)
+        return i
+
+    async with PostgresBackend.open(
+        dsn, schema=schema, application_name=app, poll_interval=0.5
+    ) as backend:
+        ids = await backend.push_many([Job(i, queue="k") for i in range(n)])
+        workers = [
+            WorkerBuilder(f"w{k}")
+            .backend(backend)
+            .queue("k")
+            .concurrency(20)
+            .lease_ttl(2.0)
+            .poll_interval(0.2)
+            .build(handler)
+            for k in range(2)
+        ]
+        kills = 0
+        async with trio.open_nursery() as nursery:
+            for w in workers:
+                nursery.start_soon(w.run)
+            with trio.fail_after(60):  # a bound on a real server, not a sleep to wait
+                while True:
+                    stats = {s.queue: s for s in await backend.stats()}
+                    s = stats["k"]
+                    if s.pending + s.scheduled + s.leased == 0:
+                        break
+                    if kills < 6:
+                        kills += await terminate(dsn, app) > 0
+                    await trio.sleep(0.1)
+            for w in workers:
+                w.context.stop()
+        assert kills >= 3
+        infos = [await backend.get_task(i) for i in ids]
+        assert all(info is not None and info.state is TaskState.DONE for info in infos)
+        assert set(seen) == set(ids)  # every task ran; a lost reply may run one twice
+        stats = backend.statistics()
+        assert stats.connection_errors >= 1
+        assert stats.listener_reconnects + stats.reconnects >= 1
+
+
+async def test_push_survives_a_killed_connection(dsn: str, schema: str) -> None:
+    app = f"turret-kill-{os.urandom(4).hex()}"
+    async with PostgresBackend.open(dsn, schema=schema, application_name=app) as backend:
+        first = await backend.push(1)
+        assert await terminate(dsn, app) >= 1  # the pooled connection dies idle
+        second = await backend.push(2, unique_key="u")
+        assert await backend.push(3, unique_key="u") == second
+        tasks = await backend.claim("default", owner="w", limit=10, lease_ttl=30)
+        assert [t.id for t in tasks] == [first, second]
+        assert backend.statistics().connection_errors >= 1
+
+
+async def test_password_never_shown(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_dsn = with_password(dsn)
+    app = f"turret-pw-{os.urandom(4).hex()}"
+    caplog.set_level(logging.DEBUG, logger="turret")
+    assert SECRET not in redact_dsn(secret_dsn)
+    async with PostgresBackend.open(secret_dsn, schema=schema, application_name=app) as backend:
+        await backend.push(1)
+        await terminate(dsn, app)
+        await backend.push(2)  # reconnects, logging a warning
+        assert SECRET not in repr(backend)
+        assert SECRET not in repr(backend.statistics())
+        assert SECRET not in str(vars(backend).get("dsn"))
+    assert any("retry" in r.getMessage() for r in caplog.records)
+    assert all(SECRET not in r.getMessage() for r in caplog.records)
+    # A server that is not there: the error names the host, never the password.
+    bad = secret_dsn.replace(dsn.rsplit(":", 1)[0].rsplit("@", 1)[-1], "127.0.0.1") + "x"
+    with pytest.raises(psycopg.Error) as info:
+        async with PostgresBackend.open(
+            f"postgresql://u:{SECRET}@127.0.0.1:1/db", schema=schema, connect_timeout=2
+        ):
+            pass
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+    del bad
+    # The DSN from the environment when none is passed.
+    monkeypatch.setenv("TURRET_POSTGRES_URL", secret_dsn)
+    async with PostgresBackend.open(schema=schema) as backend:
+        assert (await backend.get_task(await backend.push(3))) is not None
+        assert SECRET not in repr(backend)
+    monkeypatch.delenv("TURRET_POSTGRES_URL")
+    with pytest.raises(ValueError, match="TURRET_POSTGRES_URL"):
+        PostgresBackend()
+
+
+async def test_concurrent_starters_migrate_once(dsn: str, schema: str) -> None:
+    versions: list[tuple[int, int]] = []
+
+    async def start() -> None:
+        async with PostgresBackend.open(dsn, schema=schema, migrate=False) as _:
+            pass
+
+    async def migrate() -> None:
+        backend = PostgresBackend(dsn, schema=schema)
+        async with backend:
+            versions.append(await backend.migrate())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(migrate)
+    assert all(after == versions[0][1] for _, after in versions)
+    await start()  # migrated: opening without migrate=True works now
+
+
+async def test_unmigrated_schema_refused_without_migrate(dsn: str, schema: str) -> None:
+    with pytest.raises(RuntimeError, match="turret db migrate"):
+        async with PostgresBackend.open(dsn, schema=schema, migrate=False):
+            pass
+    with pytest.raises(ValueError, match="schema"):
+        PostgresBackend(dsn, schema="Bad-Name")
+
+
+async def test_concurrent_acks_are_coalesced_and_fenced(dsn: str, schema: str) -> None:
+    async with PostgresBackend.open(dsn, schema=schema) as backend:
+        await backend.push_many([Job(i) for i in range(50)])
+        tasks = await backend.claim("default", owner="w", limit=50, lease_ttl=30)
+        errors: list[Any] = []
+
+        async def ack(i: int) -> None:
+            token = tasks[i].ctx.lease.token + (1 if i == 7 else 0)  # one stale token
+            try:
+                await backend.ack(tasks[i].id, token, result=backend.codec.encode(i))
+            except LeaseLost as exc:
+                errors.append((i, exc))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(ack, i)
+        assert [i for i, _ in errors] == [7]
+        assert "stale" in str(errors[0][1])
+        stats = backend.statistics()
+        assert stats.acks == 50 and stats.ack_batches < 10
+        info = await backend.get_task(tasks[3].id)
+        assert info is not None and info.state is TaskState.DONE
+        assert info.result is not None and backend.codec.decode(info.result) == 3
+        leased = await backend.get_task(tasks[7].id)
+        assert leased is not None and leased.state is TaskState.LEASED
+
+
+async def test_notify_wakes_another_backend_object(dsn: str, schema: str) -> None:
+    # poll_interval of an hour: only LISTEN/NOTIFY can wake the waiter in time.
+    async with (
+        PostgresBackend.open(dsn, schema=schema, poll_interval=3600) as consumer,
+        PostgresBackend.open(dsn, schema=schema) as producer,
+    ):
+        woke = trio.Event()
+
+        async def waiter() -> None:
+            await consumer.wait_for_work("n")
+            woke.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            with trio.fail_after(10):
+                while not consumer.statistics().listening:  # noqa: ASYNC110 - real server
+                    await trio.sleep(0.01)
+            await trio.sleep(0.05)  # real time: let the waiter reach its wait
+            await producer.push("x", queue="n")
+            with trio.fail_after(5):
+                await woke.wait()
+        assert consumer.statistics().notifications >= 1
+
+
+async def test_listener_reconnects_after_kill(dsn: str, schema: str) -> None:
+    app = f"turret-listen-{os.urandom(4).hex()}"
+    async with PostgresBackend.open(
+        dsn, schema=schema, application_name=app, poll_interval=3600
+    ) as consumer:
+        with trio.move_on_after(1):
+            await consumer.wait_for_work("n")  # starts the listener
+        assert consumer.statistics().listening
+        await terminate(dsn, app)
+        with trio.fail_after(10):
+            while consumer.statistics().listener_reconnects < 1:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        assert consumer.statistics().listening
+
+
+def test_import_without_psycopg() -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "import turret.backends as b\n"
+        "try:\n    b.PostgresBackend\nexcept ImportError as e:\n    print('ok', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("ok") and "turret[postgres]" in out.stdout
