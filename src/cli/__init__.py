@@ -1,11 +1,11 @@
-"""The ``turret`` command (see ``turret --help``)."""
+"""The ``turret`` command (see ``turret --help``).
 
-from __future__ import annotations
+Example::
 
-import sys
+    $ turret worker myapp.tasks:monitor --log-level INFO
+    $ python -m turret worker myapp.tasks:make_monitor
+"""
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``turret`` console script."""
-    print("turret: no commands yet", file=sys.stderr)
-    return 2
+from ._load import TargetError as TargetError
+from ._load import load_target as load_target
+from ._main import main as main
