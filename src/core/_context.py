@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import enum
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -143,16 +142,9 @@ class WorkerContext:
         """
         return min(self._calls, default=None)
 
-    @contextlib.contextmanager
-    def _backend_call(self, allowance: float = 0.0) -> Iterator[None]:
+    def _backend_call(self, allowance: float = 0.0) -> _BackendCall:
         """Track one backend call; ``allowance``: how long it may block by design."""
-        due = _now() + allowance
-        self._calls.append(due)
-        try:
-            yield
-        finally:
-            self._calls.remove(due)
-            self.last_progress = _now()
+        return _BackendCall(self, allowance)
 
     @property
     def state(self) -> WorkerState:
@@ -232,6 +224,23 @@ class WorkerContext:
 
     def _set_state(self, state: WorkerState) -> None:
         self._state = state
+
+
+class _BackendCall:
+    """Records an outstanding backend call for the Monitor's health check (hot path)."""
+
+    __slots__ = ("context", "due")
+
+    def __init__(self, context: WorkerContext, allowance: float) -> None:
+        self.context = context
+        self.due = _now() + allowance
+
+    def __enter__(self) -> None:
+        self.context._calls.append(self.due)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.context._calls.remove(self.due)
+        self.context.last_progress = _now()
 
 
 _current: contextvars.ContextVar[WorkerContext | None] = contextvars.ContextVar(

@@ -1,8 +1,15 @@
-"""Claiming tasks for the slots that hold a reservation, coalesced into batch claims."""
+"""Claiming tasks for reserved slots, coalesced into batch claims.
+
+The worker's loop calls :meth:`Fetcher.wait_for_work` *before* it reserves a slot, so an
+idle worker holds no reservation: a limit shared with other workers (a global
+concurrency limit, a rate limit) is never hoarded by a worker that has nothing to do.
+Then each reserved slot calls :meth:`Fetcher.next`. Slots asking at the same time share
+one backend claim; a slot that gets nothing gives its reservation back, and the queue is
+marked idle until the backend signals new work (or the poll interval passes).
+"""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -15,19 +22,20 @@ __all__ = ["Fetcher"]
 
 
 class _Slot:
-    __slots__ = ("event", "task")
+    __slots__ = ("event", "gone", "task")
 
     def __init__(self) -> None:
         self.task: Task[bytes] | None = None
         self.event = trio.Event()
+        self.gone = False  # its owner was cancelled before a task was handed to it
 
 
 class Fetcher:
-    """Hands claimed tasks to reserved slots, one backend claim for all waiting slots.
+    """Hands claimed tasks to reserved slots; one backend claim per round of slots.
 
-    Only a slot that holds a reservation asks for a task, so a batch claim never exceeds
-    the stack's free capacity. One waiter at a time (the leader) talks to the backend;
-    it claims ``limit = number of waiting slots`` and hands tasks out in FIFO order.
+    Only a slot that holds a reservation asks for a task, so a claim never exceeds the
+    stack's free capacity. The first slot to ask leads a round: it claims for itself and
+    every slot that joined, repeating while more slots join during the claim.
     """
 
     def __init__(
@@ -50,95 +58,103 @@ class Fetcher:
         self.max_batch = max_batch
         self.context = context
         self.on_idle = on_idle
-        self._waiting: deque[_Slot] = deque()
+        self._waiting: list[_Slot] = []
         self._leading = False
         self._closed = False
-        self._idle_scope: trio.CancelScope | None = None
+        #: True after a claim found fewer tasks than asked for, until new work is signalled.
         self.idle = False
 
     def close(self) -> None:
-        """Stop claiming: every waiting slot gets ``None``."""
+        """Stop claiming: every later or waiting ``next()`` gets ``None``."""
         self._closed = True
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
-        for slot in self._waiting:
-            slot.event.set()
+
+    async def wait_for_work(self) -> None:
+        """Return at once unless the queue was found empty; then wait (holding nothing)
+        for the backend's wake-up or the poll interval."""
+        if not self.idle:
+            return
+        with (
+            trio.move_on_after(self.poll_interval),
+            self.context._backend_call(allowance=self.poll_interval),
+        ):
+            await self.backend.wait_for_work(self.queue)
+        self.idle = False
 
     async def next(self) -> Task[bytes] | None:
-        """Wait for a task for this slot; ``None`` once the fetcher is closed."""
-        if not (self._leading or self._waiting or self._closed or self.context.paused):
-            # Fast path: nobody to coalesce with, so claim for this slot alone.
+        """A task for this reserved slot, or ``None`` (none due, paused, or closed)."""
+        if self._closed or self.context.paused:
+            return None
+        if not self._leading:
             self._leading = True
             try:
-                with self.context._backend_call():
-                    tasks = await self.backend.claim(
-                        self.queue, owner=self.owner, limit=1, lease_ttl=self.lease_ttl
-                    )
+                if not self._waiting:  # fast path: a round of one (the usual case when busy)
+                    with self.context._backend_call():
+                        tasks = await self.backend.claim(
+                            self.queue, owner=self.owner, limit=1, lease_ttl=self.lease_ttl
+                        )
+                    if tasks and not self._waiting and not self._closed:
+                        self.idle = False
+                        return tasks[0]
+                    return await self._lead(tasks)
+                return await self._lead(None)
             finally:
                 self._leading = False
-                if self._waiting:
-                    self._waiting[0].event.set()
-            if tasks:
-                self.idle = False
-                return tasks[0]
-            if self._closed:
-                return None
         slot = _Slot()
         self._waiting.append(slot)
         try:
-            while slot.task is None and not self._closed:
-                if self._leading:
-                    await slot.event.wait()
-                    slot.event = trio.Event()
-                else:
-                    self._leading = True
-                    try:
-                        await self._lead(slot)
-                    finally:
-                        self._leading = False
-                        if self._waiting:  # hand leadership to the next waiter
-                            self._waiting[0].event.set()
+            await slot.event.wait()
         except BaseException:
-            if slot.task is None:
+            slot.gone = True
+            if slot in self._waiting:
                 self._waiting.remove(slot)
             raise
         return slot.task
 
-    async def _lead(self, mine: _Slot) -> None:
-        while mine.task is None and not self._closed:
-            if self.context.paused:
-                with trio.CancelScope() as self._idle_scope:
-                    await self.context.wait_runnable()
-                self._idle_scope = None
-                continue
-            limit = min(len(self._waiting), self.max_batch)
-            with self.context._backend_call():
-                tasks = await self.backend.claim(
-                    self.queue, owner=self.owner, limit=limit, lease_ttl=self.lease_ttl
-                )
-            if self._closed and tasks:
-                # Closed while claiming: give the tasks back, untouched.
-                with trio.CancelScope(shield=True):
-                    for t in tasks:
-                        assert t.ctx.lease is not None
-                        with self.context._backend_call():
-                            await self.backend.release(t.ctx.id, t.ctx.lease.token)
-                return
-            for t in tasks:
-                slot = self._waiting.popleft()
-                slot.task = t
-                if slot is not mine:
+    async def _lead(self, claimed: list[Task[bytes]] | None) -> Task[bytes] | None:
+        """Run claim rounds until no slot waits; ``claimed``: the fast path's round of one."""
+        mine: Task[bytes] | None = None
+        first = True
+        slots: list[_Slot] = []
+        try:
+            while first or self._waiting:
+                if claimed is not None:
+                    tasks, want, claimed = claimed, 1, None
+                else:
+                    take = self.max_batch - 1 if first else self.max_batch
+                    slots, self._waiting = self._waiting[:take], self._waiting[take:]
+                    want = len(slots) + first
+                    with self.context._backend_call():
+                        tasks = await self.backend.claim(
+                            self.queue, owner=self.owner, limit=want, lease_ttl=self.lease_ttl
+                        )
+                short = len(tasks) < want
+                handed = iter(tasks)
+                if first:
+                    mine = next(handed, None)
+                    first = False
+                for slot in slots:
+                    if not slot.gone:
+                        slot.task = next(handed, None)
                     slot.event.set()
-            if tasks:
+                slots = []
+                leftover = list(handed)
+                if self._closed:
+                    leftover += [mine] if mine is not None else []
+                    mine = None
+                if leftover:  # claimed for slots that went away: give them back untouched
+                    with trio.CancelScope(shield=True):
+                        for t in leftover:
+                            assert t.ctx.lease is not None
+                            await self.backend.release(t.ctx.id, t.ctx.lease.token)
+                if short or self._closed:
+                    if not self.idle and short:
+                        self.idle = True
+                        self.on_idle()
+                    break
                 self.idle = False
-                continue
-            if not self.idle:
-                self.idle = True
-                self.on_idle()
-            with (
-                trio.move_on_after(self.poll_interval) as self._idle_scope,
-                self.context._backend_call(allowance=self.poll_interval),
-            ):
-                await self.backend.wait_for_work(self.queue)
-            self._idle_scope = None
-        return None
+        finally:
+            # Whatever happens to the leader, nobody is left waiting for a round.
+            for slot in slots + self._waiting:
+                slot.event.set()
+            self._waiting = []
+        return mine

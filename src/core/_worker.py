@@ -107,7 +107,9 @@ class Worker:
                     task_status.started()
                     with self._loop_scope:
                         while not ctx.stopping:
-                            # Reserve capacity first; only a reserved slot claims a task.
+                            # Wait for work holding nothing, then reserve capacity; only
+                            # a reserved slot claims a task (design.md §3).
+                            await self._fetcher.wait_for_work()
                             reservation = self.service.ready()
                             await reservation.__aenter__()
                             tasks.start_soon(self._run_one, reservation)

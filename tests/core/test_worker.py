@@ -520,3 +520,46 @@ async def test_undecodable_payload_goes_to_dead_letters_and_the_worker_goes_on()
     assert rec.state is TaskState.DEAD
     assert rec.dead_reason is not None and rec.dead_reason.startswith("invalid payload: ")
     assert backend.get(good).state is TaskState.DONE
+
+
+async def test_an_idle_worker_holds_no_reservation(autojump_clock: trio.testing.MockClock) -> None:
+    """A worker with nothing to do must not sit on a limit it shares with busy workers."""
+    backend = MemoryBackend()
+    for i in range(4):
+        await backend.push(i, queue="busy")
+    shared = trio.CapacityLimiter(2)
+
+    class Shared(turret.Service[turret.Task[Any], Any]):
+        def __init__(self, inner: turret.Service[turret.Task[Any], Any]) -> None:
+            self.inner = inner
+
+        def ready(self) -> Any:
+            token = object()
+
+            class _R:
+                async def __aenter__(self) -> None:
+                    await shared.acquire_on_behalf_of(token)
+
+                async def __aexit__(self, *exc: object) -> None:
+                    shared.release_on_behalf_of(token)
+
+            return _R()
+
+        async def __call__(self, req: turret.Task[Any], /) -> Any:
+            return await self.inner(req)
+
+    async def handler(n: int) -> None:
+        await trio.sleep(1)
+
+    layer = turret.layer_fn(Shared)
+    idle = WorkerBuilder("idle").backend(backend).queue("empty").layer(layer).build(handler)
+    busy = WorkerBuilder("busy").backend(backend).queue("busy").layer(layer).build(handler)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(idle.run)
+        await trio.sleep(5)  # the idle worker found nothing and waits for work
+        assert shared.borrowed_tokens == 0
+        nursery.start_soon(busy.run)
+        await trio.sleep(2.5)
+        idle.context.stop()
+        busy.context.stop()
+    assert backend.statistics().queues["busy"].done == 4  # two at a time: two seconds
