@@ -36,6 +36,21 @@ def _parser() -> argparse.ArgumentParser:
             "a bad target."
         ),
     )
+    db = commands.add_parser(
+        "db",
+        help="manage a PostgreSQL backend's schema",
+        description="Create or upgrade turret's PostgreSQL schema (needs turret[postgres]).",
+    )
+    db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
+    migrate = db_commands.add_parser(
+        "migrate", help="apply pending migrations (safe to run from many processes at once)"
+    )
+    migrate.add_argument(
+        "--dsn",
+        default=None,
+        help="PostgreSQL DSN (default: the TURRET_POSTGRES_URL environment variable)",
+    )
+    migrate.add_argument("--schema", default="turret", help="schema name (default: turret)")
     worker.add_argument("target", metavar="MODULE:ATTR", help="e.g. myapp.tasks:monitor")
     worker.add_argument(
         "--log-level",
@@ -56,6 +71,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="override the Monitor's shutdown timeout",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on PORT (needs turret[metrics]; e.g. 9464)",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address of the metrics endpoint (default 127.0.0.1; 0.0.0.0 for all)",
+    )
     return parser
 
 
@@ -75,10 +103,17 @@ class _Ready:
         )
 
 
-async def _serve(target: object, spec: str, shutdown_timeout: float | None) -> None:
+async def _serve(
+    target: object,
+    spec: str,
+    shutdown_timeout: float | None,
+    metrics: tuple[str, int] | None = None,
+) -> None:
     async with open_monitor(target, spec) as monitor:
         if shutdown_timeout is not None:
             monitor.shutdown_timeout(shutdown_timeout)
+        if metrics is not None:
+            monitor.serve_metrics(*metrics)
         await monitor.run_with_signal(task_status=_Ready(spec))
     log.info("turret worker %s: shut down cleanly", spec)
 
@@ -91,7 +126,8 @@ def _worker(args: argparse.Namespace) -> int:
     )
     try:
         target = load_target(args.target, app_dir=os.path.abspath(args.app_dir))
-        trio.run(_serve, target, args.target, args.shutdown_timeout)
+        metrics = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
+        trio.run(_serve, target, args.target, args.shutdown_timeout, metrics)
     except TargetError as exc:
         print(f"turret worker: error: {exc}", file=sys.stderr)
         return 2
@@ -103,6 +139,35 @@ def _worker(args: argparse.Namespace) -> int:
     except Exception:
         log.exception("turret worker %s: crashed", args.target)
         return 1
+    return 0
+
+
+def _db_migrate(args: argparse.Namespace) -> int:
+    try:
+        from ..backends import PostgresBackend, redact_dsn
+    except ImportError as exc:
+        print(f"turret db migrate: error: {exc}; install turret[postgres]", file=sys.stderr)
+        return 2
+    dsn = args.dsn or os.environ.get("TURRET_POSTGRES_URL")
+    if not dsn:
+        print(
+            "turret db migrate: error: no DSN; pass --dsn or set TURRET_POSTGRES_URL",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def run() -> int:
+        # Opening with migrate=True applies pending migrations under an advisory lock.
+        async with PostgresBackend(dsn, schema=args.schema, migrate=True) as backend:
+            version = backend.statistics().schema_version
+        return version
+
+    try:
+        version = trio.run(run)
+    except Exception as exc:  # the message never carries the password (redact_dsn)
+        print(f"turret db migrate: error on {redact_dsn(dsn)}: {exc}", file=sys.stderr)
+        return 1
+    print(f"schema {args.schema!r} on {redact_dsn(dsn)} is at version {version}")
     return 0
 
 
@@ -122,5 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "worker":
         return _worker(args)
+    if args.command == "db":
+        return _db_migrate(args)
     parser.print_help(sys.stderr)
     return 2

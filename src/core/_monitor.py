@@ -29,7 +29,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -45,6 +45,10 @@ from ._restart import (
     as_policy,
 )
 from ._worker import Worker
+
+if TYPE_CHECKING:
+    from ..observability._metrics import Metrics
+    from ..observability._server import MetricsServer
 
 __all__ = [
     "EventLoopLag",
@@ -322,6 +326,7 @@ class Monitor:
     _lag_interval: float = attrs.field(default=1.0, init=False)
     _lag_threshold: float = attrs.field(default=0.1, init=False)
     _current: MonitorHandle | None = attrs.field(default=None, init=False)
+    _metrics_server: MetricsServer | None = attrs.field(default=None, init=False)
 
     # --- configuration ---------------------------------------------------------------
 
@@ -412,6 +417,38 @@ class Monitor:
         self._unhealthy_after = _positive("unhealthy_after", seconds)
         self._check_every = None if check_every is None else _positive("check_every", check_every)
         return self
+
+    def serve_metrics(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9464,
+        *,
+        metrics: Metrics | None = None,
+        interval: float = 15.0,
+    ) -> Monitor:
+        """Serve Prometheus metrics at ``http://{host}:{port}/metrics`` while running.
+
+        Feeds a :class:`~turret.observability.Metrics` (default: one on the global
+        registry) with every event, refreshes the backends' queue depth every
+        ``interval`` seconds, and runs the endpoint in the Monitor's nursery. Needs
+        ``pip install 'turret[metrics]'``; see ``docs/observability.md``.
+
+        Example::
+
+            monitor.serve_metrics(port=9464)
+            url = await monitor.metrics_server.wait_started()   # once running
+        """
+        from ..observability._server import MetricsServer
+
+        server = MetricsServer(metrics, host=host, port=port, interval=interval)
+        self._metrics_server = server
+        self._callbacks.append(server.metrics.on_event)
+        return self
+
+    @property
+    def metrics_server(self) -> MetricsServer | None:
+        """The endpoint :meth:`serve_metrics` configured (its ``url`` once started)."""
+        return self._metrics_server
 
     def lag_watchdog(self, interval: float = 1.0, threshold: float = 0.1) -> Monitor:
         """Measure event-loop lag every ``interval``; report lags >= ``threshold`` as events.
@@ -767,6 +804,8 @@ class MonitorHandle:
             async with trio.open_nursery() as nursery:
                 self._house = nursery
                 nursery.start_soon(self._watchdog)
+                if self._monitor._metrics_server is not None:
+                    await nursery.start(self._monitor._metrics_server.run, self)
                 task_status.started()
         self._house = None
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics per call: duration by outcome, time in queue, tasks in progress.
+"""Prometheus metrics per call: duration by outcome and time in queue.
 
 :class:`PrometheusLayer` records, for each task through it:
 
@@ -6,8 +6,10 @@
   of ``success``, ``error`` (the call raised), ``retry`` (:class:`~turret.Retry`),
   ``abort`` (:class:`~turret.Abort`);
 * ``turret_task_queue_time_seconds{worker, queue}`` (histogram): from the moment the
-  task was due, ``max(enqueued_at, run_at)``, to its start, on the backend's clock;
-* ``turret_tasks_in_progress{worker, queue}`` (gauge).
+  task was due, ``max(enqueued_at, run_at)``, to its start, on the backend's clock.
+* ``turret_tasks_in_progress{worker, queue}`` is read at scrape time from the
+  worker's own count (``WorkerContext.in_flight``) by :class:`~turret.observability.Metrics`,
+  so the hot path does not pay for a gauge.
 
 How tasks are *settled* (acked, retried, dead-lettered, released), worker states,
 restarts and queue depth come from worker events and the backend: see
@@ -17,14 +19,16 @@ restarts and queue depth come from worker events and the backend: see
 
 from __future__ import annotations
 
+import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from ..core._context import current_worker
 from ..core._errors import Abort, Retry
@@ -40,28 +44,45 @@ Res = TypeVar("Res")
 _EPOCH_THRESHOLD = 1e9
 
 
-def _backend_now(stamp: float) -> float:
-    """The default clock: the wall clock for epoch timestamps, else trio's clock.
+class _Observe:
+    """``histogram_child.observe`` without its per-call checks: a bisect into the buckets.
 
-    Durable backends stamp tasks with ``time.time()``; the MemoryBackend uses
-    ``trio.current_time()`` by default.
+    Built from the child's value cells once; falls back to ``observe`` if the client's
+    internals ever change shape.
     """
-    return time.time() if stamp > _EPOCH_THRESHOLD else trio.current_time()
+
+    __slots__ = ("bounds", "buckets", "observe", "sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self.observe: Callable[[float], None]
+        try:
+            self.sum = child._sum.inc
+            self.buckets = tuple(cell.inc for cell in child._buckets)
+            self.bounds = tuple(child._upper_bounds)
+            if len(self.bounds) != len(self.buckets) or self.bounds[-1] != math.inf:
+                raise TypeError("unexpected histogram layout")
+        except (AttributeError, TypeError):
+            self.observe = child.observe
+        else:
+            self.observe = self._fast
+
+    def _fast(self, amount: float) -> None:
+        self.sum(amount)
+        self.buckets[bisect_left(self.bounds, amount)](1)
 
 
 class _Series:
     """The label children of one (worker, queue), resolved once."""
 
-    __slots__ = ("abort", "error", "in_progress", "queue", "queue_time", "retry", "success")
+    __slots__ = ("abort", "error", "queue", "queue_time", "retry", "success")
 
     def __init__(self, fams: Families, worker: str, queue: str) -> None:
         self.queue = queue
         hist = fams.task_duration
         self.success, self.error, self.retry, self.abort = (
-            hist.labels(worker, queue, outcome) for outcome in LAYER_OUTCOMES
+            _Observe(hist.labels(worker, queue, outcome)).observe for outcome in LAYER_OUTCOMES
         )
-        self.queue_time = fams.task_queue_time.labels(worker, queue)
-        self.in_progress = fams.tasks_in_progress.labels(worker, queue)
+        self.queue_time = _Observe(fams.task_queue_time.labels(worker, queue)).observe
 
 
 class Prometheus(Service[Task[Any], Res]):
@@ -96,32 +117,31 @@ class Prometheus(Service[Task[Any], Res]):
     async def __call__(self, task: Task[Any], /) -> Res:
         ctx = task.ctx
         series = self._series.get(ctx.queue) or self._resolve(ctx.queue)
-        due = ctx.run_at if ctx.run_at > ctx.enqueued_at else ctx.enqueued_at
-        now = self.clock() if self.clock is not None else _backend_now(due)
-        series.queue_time.observe(now - due if now > due else 0.0)
-        gauge = series.in_progress
-        gauge.inc()
         start = trio.current_time()
+        due = ctx.run_at if ctx.run_at > ctx.enqueued_at else ctx.enqueued_at
+        if self.clock is not None:
+            now = self.clock()
+        else:  # epoch stamps: a durable backend's wall clock; else trio's (MemoryBackend)
+            now = time.time() if due > _EPOCH_THRESHOLD else start
+        series.queue_time(now - due if now > due else 0.0)
         try:
             result = await self.inner(task)
         except Retry:
-            series.retry.observe(trio.current_time() - start)
+            series.retry(trio.current_time() - start)
             raise
         except Abort:
-            series.abort.observe(trio.current_time() - start)
+            series.abort(trio.current_time() - start)
             raise
         except Exception:
-            series.error.observe(trio.current_time() - start)
+            series.error(trio.current_time() - start)
             raise
-        finally:
-            gauge.dec()
-        series.success.observe(trio.current_time() - start)
+        series.success(trio.current_time() - start)
         return result
 
 
 @attrs.frozen
 class PrometheusLayer(Generic[Res]):
-    """Per-call Prometheus metrics: duration by outcome, time in queue, in progress.
+    """Per-call Prometheus metrics: duration by outcome and time in queue.
 
     ``registry`` defaults to prometheus_client's global ``REGISTRY``; the metric
     families are registered once per registry and shared by every layer using it.
@@ -131,7 +151,7 @@ class PrometheusLayer(Generic[Res]):
 
     Example::
 
-        from prometheus_client import CollectorRegistry
+        from prometheus_client import CollectorRegistry, Histogram
         from turret.layers import PrometheusLayer
 
         registry = CollectorRegistry()

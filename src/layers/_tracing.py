@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, NoOpTracer, ProxyTracer, SpanKind, Status, StatusCode
 
 from ..core._errors import Abort, Retry
 from ..core._service import Service
@@ -43,16 +43,25 @@ class Tracing(Service[Task[Any], Res]):
     Forwards ``ready()``: tracing does not change backpressure.
     """
 
-    __slots__ = ("inner", "tracer")
+    __slots__ = ("_proxy", "inner", "tracer")
 
     def __init__(self, inner: Service[Task[Any], Res], tracer: Tracer) -> None:
         self.inner = inner
         self.tracer = tracer
+        # The global provider's tracer is a proxy until an SDK is installed: resolve late.
+        self._proxy = tracer if isinstance(tracer, ProxyTracer) else None
 
     def ready(self) -> AbstractAsyncContextManager[None]:
         return self.inner.ready()
 
     async def __call__(self, task: Task[Any], /) -> Res:
+        tracer = self.tracer
+        if self._proxy is not None:
+            tracer = getattr(self._proxy, "_tracer", self._proxy)
+            if not isinstance(tracer, NoOpTracer):
+                self.tracer, self._proxy = tracer, None  # an SDK is installed: for good
+        if isinstance(tracer, NoOpTracer):
+            return await self.inner(task)  # no-op provider: no spans, no context work
         ctx = task.ctx
         links: list[Link] | None = None
         if ctx.headers:
@@ -60,7 +69,7 @@ class Tracing(Service[Task[Any], Res]):
             if producer.is_valid:
                 links = [Link(producer)]
         queue = ctx.queue
-        with self.tracer.start_as_current_span(
+        with tracer.start_as_current_span(
             f"process {queue}",
             kind=SpanKind.CONSUMER,
             attributes={
