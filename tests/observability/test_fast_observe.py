@@ -20,10 +20,11 @@ def test_fast_observe_matches_the_public_observe(values: list[float]) -> None:
     fast = Histogram("t_seconds", "t", ["w"], registry=fast_registry)
     slow = Histogram("t_seconds", "t", ["w"], registry=slow_registry)
     observe = _Observe(fast.labels("a"))
+    slow_child = slow.labels("a")
     assert observe.observe == observe._fast, "the fast path is in use with this client"
     for v in values:
         observe.observe(v)
-        slow.labels("a").observe(v)
+        slow_child.observe(v)
     assert _exposition(fast_registry) == _exposition(slow_registry)
 
 
