@@ -32,6 +32,7 @@ from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
 from ..core._codec import Codec, JsonCodec
 from ..core._errors import LeaseLost, PayloadTooLarge
 from ..core._task import Lease, Task, TaskContext, TaskId
+from ..observability._propagation import traced_send
 from ._memory import check_options
 
 __all__ = ["SCHEMA_VERSION", "SqliteBackend", "SqliteStatistics"]
@@ -468,6 +469,10 @@ class SqliteBackend:
         return task_id
 
     async def push_many(self, jobs: Iterable[Job]) -> list[TaskId]:
+        with traced_send(list(jobs)) as traced:  # PRODUCER span + traceparent header
+            return await self._insert_many(traced)
+
+    async def _insert_many(self, jobs: Iterable[Job]) -> list[TaskId]:
         rows = []
         for job in jobs:  # encode and validate everything before storing anything
             payload = self._codec.encode(job.args)
