@@ -556,7 +556,7 @@ async def test_an_idle_worker_holds_no_reservation(autojump_clock: trio.testing.
     busy = WorkerBuilder("busy").backend(backend).queue("busy").layer(layer).build(handler)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(idle.run)
-        await trio.sleep(5)  # the idle worker found nothing and waits for work
+        await trio.sleep(4.5)  # between polls: the idle worker waits for work, holding nothing
         assert shared.borrowed_tokens == 0
         nursery.start_soon(busy.run)
         await trio.sleep(2.5)
