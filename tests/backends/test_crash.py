@@ -17,10 +17,19 @@ from .crashkit import run_crash_test
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-async def test_workers_killed_at_random_lose_nothing(kit: Kit, tmp_path: Path) -> None:
+@pytest.fixture
+def process_spec(kit: Kit) -> str:
+    """How a worker process opens the kit's store (a sync fixture keeps the skip reason)."""
     spec = kit.process_spec("crash")
     if spec is None:
-        pytest.skip(f"{kit.name} cannot be shared by several processes")
+        pytest.skip(f"crash test: the {kit.name} backend cannot be shared by several processes")
+    return spec
+
+
+async def test_workers_killed_at_random_lose_nothing(
+    kit: Kit, process_spec: str, tmp_path: Path
+) -> None:
+    spec = process_spec
     async with kit.open("crash") as backend:
         report = await run_crash_test(
             backend,
