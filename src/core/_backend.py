@@ -41,6 +41,10 @@ class TaskState(enum.Enum):
     DONE = "done"
     DEAD = "dead"
 
+    # Members are singletons compared by identity, so identity hashing is correct, and it
+    # is C-level: backends count tasks per state on every move (Enum's hash is Python).
+    __hash__ = object.__hash__
+
     @property
     def finished(self) -> bool:
         """True for ``DONE`` and ``DEAD``: the task will not run again (unless replayed)."""
