@@ -31,12 +31,16 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
-# Peers for bench/bench_postgres.py (procrastinate, pgqueuer) in their own venv, never
+# Peers for bench/bench_postgres.py (procrastinate, pgqueuer) and bench/bench_redis.py
+# (arq, SAQ, streaq, taskiq, dramatiq) in their own venv, never
 # in the project's dependencies (issue 6).
 bench-peers: $(STAMP)
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install -q -e . 'psycopg[binary]' psycopg-pool procrastinate pgqueuer asyncpg
+	# Redis peers for bench/bench_redis.py (issue 7)
+	.venv-bench/bin/python -m pip install -q arq saq streaq taskiq taskiq-redis dramatiq redis
 	$(BIN)/python bench/bench_postgres.py
+	$(BIN)/python bench/bench_redis.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,267 @@
+"""Redis backend benchmarks, with arq, SAQ, streaq, taskiq and dramatiq in the same run.
+
+Workloads (each under a fresh key prefix / queue name, deleted afterwards):
+
+* throughput: 20 000 no-op tasks, concurrency 100, with 1 and 2 worker processes
+  (turret: tasks pushed to a paused queue, workers start and go idle, the clock starts
+  at resume; peers: workers started and idle, the clock starts when the tasks are
+  pushed, and stops when all are done);
+* latency: enqueue-to-start p50/p99 of 300 tasks pushed one at a time to idle workers;
+* sleep: 2000 tasks sleeping 10 ms at concurrency 100 (ideal 0.2 s).
+
+Peers run from ``.venv-bench`` (``make bench-peers`` creates it; they are never project
+dependencies); when it is missing the peers are skipped with a note.
+
+    make bench                          # or: .venv/bin/python bench/bench_redis.py
+    .venv/bin/python bench/bench_redis.py turret      # turret only
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+URL = os.environ.get("TURRET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parent.parent
+PEER_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+PEERS_SCRIPT = Path(__file__).resolve().parent / "_redis_peers.py"
+N_THROUGHPUT = 20_000
+N_LATENCY = 300
+N_SLEEP = 2000
+CONCURRENCY = 100
+QUEUE = "bench"
+
+
+# --- turret -------------------------------------------------------------------------
+
+
+def _worker_process(prefix: str, kind: str) -> None:
+    """A turret worker process: prints ``ready`` once idle, exits on SIGTERM."""
+    import signal
+
+    import trio
+
+    from turret import WorkerBuilder
+    from turret.backends import RedisBackend
+
+    async def main() -> None:
+        async def noop(n: int) -> None:
+            pass
+
+        async def nap(n: int) -> None:
+            await trio.sleep(0.01)
+
+        async with RedisBackend.open(URL, prefix=prefix) as backend:
+            worker = (
+                WorkerBuilder(f"w{os.getpid()}")
+                .backend(backend)
+                .queue(QUEUE)
+                .concurrency(CONCURRENCY)
+                .build(noop if kind == "noop" else nap)
+            )
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+
+                    async def stop() -> None:
+                        async for _ in signals:
+                            worker.context.stop()
+                            return
+
+                    nursery.start_soon(stop)
+                    nursery.start_soon(worker.run)
+                    await trio.sleep(0.3)
+                    print("ready", flush=True)
+
+    trio.run(main)
+
+
+def _spawn(prefix: str, kind: str, n: int) -> list[subprocess.Popen[str]]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "_worker", prefix, kind],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(n)
+    ]
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"worker failed to start: {line!r}")
+    return procs
+
+
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+
+
+def turret_results() -> dict[str, Any]:
+    import trio
+
+    from turret import Job
+    from turret.backends import RedisBackend
+
+    out: dict[str, Any] = {}
+
+    async def run_batch(procs_n: int, n: int, kind: str) -> float:
+        prefix = f"turret-bench:{uuid.uuid4().hex[:8]}:"
+        async with RedisBackend.open(URL, prefix=prefix) as backend:
+            try:
+                await backend.pause_queue(QUEUE)
+                for i in range(0, n, 5000):
+                    await backend.push_many(Job(k, queue=QUEUE) for k in range(i, min(n, i + 5000)))
+                procs = await trio.to_thread.run_sync(_spawn, prefix, kind, procs_n)
+                try:
+                    start = time.perf_counter()
+                    await backend.resume_queue(QUEUE)
+                    while True:
+                        stats = {s.queue: s for s in await backend.stats()}
+                        if stats[QUEUE].done >= n:
+                            break
+                        await trio.sleep(0.002)
+                    elapsed = time.perf_counter() - start
+                finally:
+                    await trio.to_thread.run_sync(_stop, procs)
+            finally:
+                await backend.purge()
+        return elapsed
+
+    async def latency() -> list[float]:
+        from turret import WorkerBuilder
+
+        prefix = f"turret-bench:{uuid.uuid4().hex[:8]}:"
+        started: dict[int, float] = {}
+        got = trio.Event()
+
+        async def handler(n: int) -> None:
+            started[n] = time.perf_counter()
+            got.set()
+
+        async with (
+            RedisBackend.open(URL, prefix=prefix) as consumer,
+            RedisBackend.open(URL, prefix=prefix) as producer,
+        ):
+            worker = (
+                WorkerBuilder("lat")
+                .backend(consumer)
+                .queue(QUEUE)
+                .concurrency(CONCURRENCY)
+                .build(handler)
+            )
+            samples = []
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(worker.run)
+                    await trio.sleep(0.3)
+                    for i in range(N_LATENCY):
+                        got = trio.Event()
+                        t0 = time.perf_counter()
+                        await producer.push(i, queue=QUEUE)
+                        await got.wait()
+                        samples.append(started[i] - t0)
+                        await trio.sleep(0.002)  # idle again
+                    worker.context.stop()
+            finally:
+                await producer.purge()
+        return samples
+
+    async def main() -> None:
+        for procs_n in (1, 2):
+            elapsed = await run_batch(procs_n, N_THROUGHPUT, "noop")
+            out[f"throughput_{procs_n}p"] = N_THROUGHPUT / elapsed
+        lat = await latency()
+        out["latency_p50_ms"] = statistics.median(lat) * 1000
+        out["latency_p99_ms"] = statistics.quantiles(lat, n=100)[98] * 1000
+        out["sleep_s"] = await run_batch(1, N_SLEEP, "sleep")
+
+    trio.run(main)
+    return out
+
+
+# --- peers (run with .venv-bench's python) --------------------------------------------
+
+
+def peer_results(system: str) -> dict[str, Any] | str:
+    if not PEER_PYTHON.exists():
+        return "skipped: no .venv-bench (run `make bench-peers`)"
+    if not PEERS_SCRIPT.exists():
+        return f"not measured: the peer harness {PEERS_SCRIPT.name} is not written yet"
+    proc = subprocess.run(
+        [str(PEER_PYTHON), str(PEERS_SCRIPT), system, URL],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return "failed: " + " | ".join(tail)
+    try:
+        return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        return f"failed: unexpected output {proc.stdout[-200:]!r}"
+
+
+PEERS = ["arq", "saq", "streaq", "taskiq", "dramatiq"]
+
+
+def _fmt(value: Any, unit: str) -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:10.1f} {unit}" if unit != "tasks/s" else f"{value:10.0f} {unit}"
+    return "         -"
+
+
+def main(which: str = "all") -> int:
+    results: dict[str, dict[str, Any] | str] = {"turret": turret_results()}
+    if which == "all":
+        for peer in PEERS:
+            results[peer] = peer_results(peer)
+    print(
+        f"Redis: no-op throughput ({N_THROUGHPUT} tasks, concurrency {CONCURRENCY}), "
+        f"latency ({N_LATENCY} tasks to idle workers), sleep ({N_SLEEP} x 10 ms, ideal 0.2 s)"
+    )
+    header = f"{'system':10} {'1 proc':>18} {'2 procs':>18} {'p50':>12} {'p99':>12} {'sleep':>10}"
+    print(header)
+    for name, r in results.items():
+        if isinstance(r, str):
+            print(f"{name:10} {r}")
+            continue
+        print(
+            f"{name:10} {_fmt(r.get('throughput_1p'), 'tasks/s'):>18} "
+            f"{_fmt(r.get('throughput_2p'), 'tasks/s'):>18} "
+            f"{_fmt(r.get('latency_p50_ms'), 'ms'):>12} {_fmt(r.get('latency_p99_ms'), 'ms'):>12} "
+            f"{_fmt(r.get('sleep_s'), 's'):>10}" + (f"   ({r['note']})" if r.get("note") else "")
+        )
+    ours = results["turret"]
+    assert isinstance(ours, dict)
+    peers = [r for n, r in results.items() if n != "turret" and isinstance(r, dict)]
+    best_tp = max((r["throughput_1p"] for r in peers if "throughput_1p" in r), default=None)
+    best_p50 = min((r["latency_p50_ms"] for r in peers if "latency_p50_ms" in r), default=None)
+    if best_tp:
+        print(
+            f"throughput 1 proc: turret / best peer = {ours['throughput_1p'] / best_tp:.2f}"
+            " (goal >= 2)"
+        )
+    if best_p50:
+        print(f"latency p50: turret {ours['latency_p50_ms']:.2f} ms vs best peer {best_p50:.2f} ms")
+    print(f"sleep workload: {ours['sleep_s']:.3f} s (goal <= 0.35 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_worker":
+        _worker_process(sys.argv[2], sys.argv[3])
+        sys.exit(0)
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "all"))

@@ -1,0 +1,838 @@
+"""A Redis backend: the fast shared queue, on coredis (anyio, so it runs on trio).
+
+Every state change is one Lua script (see ``_redis_lua.py`` for the data layout), so a
+crash between steps cannot lose or duplicate a task. Idle workers wake on a pub/sub
+channel; settles from one process are coalesced into one script call per round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+import coredis
+import coredis.exceptions
+import trio
+from coredis.commands.script import Script
+from coredis.retry import NoRetryPolicy
+from coredis.tokens import PureToken
+
+from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
+from ..core._codec import Codec, JsonCodec
+from ..core._errors import LeaseLost, PayloadTooLarge
+from ..core._task import Lease, Task, TaskContext, TaskId
+from ..observability._propagation import traced_send
+from . import _redis_lua as lua
+from ._memory import check_options
+
+__all__ = ["DEFAULT_REDIS_URL", "RedisBackend", "RedisStatistics", "redact_url"]
+
+log = logging.getLogger("turret.backends.redis")
+
+T = TypeVar("T")
+
+#: Used when neither the constructor nor ``TURRET_REDIS_URL`` names a server.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+#: Errors after which a call is retried on a fresh connection (with backoff).
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    coredis.exceptions.ConnectionError,  # includes BusyLoadingError (Redis restarting)
+    TimeoutError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+_PUSH_CHUNK = 1000  # jobs per script call (one pipeline, one round trip)
+_SETTLE_CHUNK = 500  # settles per script call
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (safe for logs, reprs and errors).
+
+    Example::
+
+        >>> redact_url("redis://user:s3cret@cache:6379/0")
+        'redis://user:***@cache:6379/0'
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _f(value: float) -> str:
+    """A float as an exact string (Python's repr round-trips; Redis parses it exactly)."""
+    return repr(float(value))
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@attrs.frozen
+class RedisStatistics:
+    """A snapshot of a :class:`RedisBackend`'s client side (see ``statistics()``).
+
+    ``round_trips`` counts script calls; ``settles / settle_batches`` is the average
+    number of ack/retry/dead/release calls coalesced per round trip.
+
+    Example::
+
+        s = backend.statistics()
+        print(s.settles / max(1, s.settle_batches), "settles per round trip")
+    """
+
+    url: str
+    prefix: str
+    round_trips: int
+    reconnects: int
+    settles: int
+    settle_batches: int
+    wakeups: int
+
+
+class _Pool(coredis.ConnectionPool[Any]):
+    """coredis's pool, keeping its capacity when a leased connection dies.
+
+    coredis 6.9 returns a released connection to the pool only if it is still usable,
+    without giving its slot back otherwise: every connection killed while leased (a
+    blocking XREAD, a request in flight) shrinks the pool, until ``get_connection``
+    waits forever. Here a dead connection's slot is returned as an empty one.
+    """
+
+    _BUFFERS = (
+        "_push_message_buffer_in",
+        "_push_message_buffer_out",
+        "_streamed_message_buffer_in",
+        "_streamed_message_buffer_out",
+        "_write_buffer_in",
+        "_write_buffer_out",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._connecting: dict[Any, trio.lowlevel.Task] = {}
+
+    def release(self, connection: Any) -> None:
+        super().release(connection)
+        if not connection.usable and not self._available_connections.full():
+            self._available_connections.put_nowait(None)
+
+    async def _construct_connection(self) -> Any:
+        connection = await super()._construct_connection()
+        self._connecting[connection] = trio.lowlevel.current_task()
+        return connection
+
+    async def get_connection(self, **kwargs: Any) -> Any:
+        # A connection that failed to connect never closes its buffers (ResourceWarning
+        # at garbage collection); close them here.
+        try:
+            return await super().get_connection(**kwargs)
+        finally:
+            me = trio.lowlevel.current_task()
+            for connection in [c for c, task in self._connecting.items() if task is me]:
+                del self._connecting[connection]
+                if connection not in self._online_connections and not connection.usable:
+                    for name in self._BUFFERS:
+                        stream = getattr(connection, name, None)
+                        if stream is not None:
+                            stream.close()
+
+
+class _Settle:
+    __slots__ = ("args", "done", "error", "failure")
+
+    def __init__(self, args: list[str | bytes]) -> None:
+        self.args = args
+        self.done = trio.Event()
+        self.error = ""
+        self.failure: BaseException | None = None
+
+
+class RedisBackend:
+    """Tasks in Redis, shared by any number of worker processes and hosts.
+
+    Open it with ``async with``: that opens the connections, the wake-up listener and
+    the settle batcher, and closes them all on exit. The URL comes from ``url``, else
+    ``TURRET_REDIS_URL``, else ``redis://127.0.0.1:6379/0``; the password never shows
+    in ``repr``, logs or errors. Keys live under ``prefix`` (default ``"turret:"``); for
+    Redis Cluster put a hash tag in it (``"{turret}:"``) so every key shares one slot.
+
+    Time comes from ``clock`` (default ``time.time``, shared by hosts with synced
+    clocks). Connection loss and Redis restarts are retried with backoff for up to
+    ``reconnect_timeout`` seconds; every call is safe to retry. Connections are named
+    ``client_name`` (``CLIENT LIST`` shows them). A done task's record
+    is kept ``done_ttl`` seconds (at least ``result_ttl``; ``None``: forever) and then
+    expires in Redis. For durability across a Redis restart, run Redis with
+    ``appendonly yes`` (and ``appendfsync everysec`` or ``always``).
+
+    Example::
+
+        async with RedisBackend.open("redis://localhost:6379/0") as backend:
+            await backend.push({"to": "a@b.c"}, queue="mail")
+            worker = WorkerBuilder("w").backend(backend).queue("mail").build(send)
+            await worker.run()
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "turret:",
+        codec: Codec | None = None,
+        clock: Callable[[], float] = time.time,
+        default_max_attempts: int = 3,
+        max_payload_bytes: int = 1 << 20,
+        aging: float = 60.0,
+        max_lost: int = 3,
+        result_ttl: float | None = 7 * 86400.0,
+        done_ttl: float | None = 7 * 86400.0,
+        reconnect_timeout: float = 30.0,
+        max_connections: int = 16,
+        client_name: str = "turret",
+    ) -> None:
+        check_options(
+            default_max_attempts=default_max_attempts,
+            max_payload_bytes=max_payload_bytes,
+            aging=aging,
+            max_lost=max_lost,
+            result_ttl=result_ttl,
+        )
+        if not prefix:
+            raise ValueError("prefix must be a non-empty string, e.g. 'turret:'")
+        if done_ttl is not None and done_ttl <= 0:
+            raise ValueError(f"done_ttl must be > 0 seconds or None (forever), got {done_ttl}")
+        if reconnect_timeout < 0:
+            raise ValueError(f"reconnect_timeout must be >= 0 seconds, got {reconnect_timeout}")
+        self._url = url or os.environ.get("TURRET_REDIS_URL") or DEFAULT_REDIS_URL
+        self.prefix = prefix
+        self._codec = codec if codec is not None else JsonCodec()
+        self._clock = clock
+        self.default_max_attempts = default_max_attempts
+        self.max_payload_bytes = max_payload_bytes
+        self.aging = aging
+        self.max_lost = max_lost
+        self.result_ttl = result_ttl
+        self.done_ttl = done_ttl
+        self.reconnect_timeout = reconnect_timeout
+        self.max_connections = max_connections
+        self.client_name = client_name
+        if result_ttl is None or done_ttl is None:
+            self._keep_ms = ""
+        else:
+            self._keep_ms = str(max(1, math.ceil(max(done_ttl, result_ttl) * 1000)))
+        self._ttl = "" if result_ttl is None else _f(result_ttl)
+        self._client: coredis.Redis[bytes] | None = None
+        self._scripts: dict[str, Script[bytes]] = {}
+        self._stack: AsyncExitStack | None = None
+        # wake-ups: one event and one generation counter per queue
+        self._events: dict[str, trio.Event] = defaultdict(trio.Event)
+        self._gen: dict[str, int] = defaultdict(int)
+        self._seen: weakref.WeakKeyDictionary[trio.lowlevel.Task, tuple[str, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+        # settle batching
+        self._settles: list[_Settle] = []
+        self._settle_ready = trio.Event()
+        self._closed = False
+        self._round_trips = 0
+        self._reconnects = 0
+        self._settle_count = 0
+        self._settle_batches = 0
+        self._wakeups = 0
+
+    def __repr__(self) -> str:
+        state = "open" if self._client is not None else "closed"
+        return f"<RedisBackend {redact_url(self._url)} prefix={self.prefix!r} {state}>"
+
+    @property
+    def url(self) -> str:
+        """The server URL with its password redacted."""
+        return redact_url(self._url)
+
+    @property
+    def codec(self) -> Codec:
+        return self._codec
+
+    def now(self) -> float:
+        return self._clock()
+
+    # --- lifetime ---------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, url: str | None = None, **options: Any) -> AsyncIterator[RedisBackend]:
+        """Open a backend for the ``async with`` block (same arguments as the class).
+
+        Example::
+
+            async with RedisBackend.open("redis://localhost:6379/0", prefix="app:") as b:
+                await b.push(1)
+        """
+        async with cls(url, **options) as backend:
+            yield backend
+
+    async def __aenter__(self) -> RedisBackend:
+        if self._stack is not None:
+            raise RuntimeError("this RedisBackend is already open; open it once")
+        stack = AsyncExitStack()
+        try:
+            pool = _Pool.from_url(
+                self._url,
+                decode_responses=False,
+                max_connections=self.max_connections,
+                client_name=self.client_name,
+            )
+            client: coredis.Redis[bytes] = coredis.Redis(
+                connection_pool=pool, decode_responses=False, retry_policy=NoRetryPolicy()
+            )
+            await stack.enter_async_context(client)
+            self._client = client
+            for name in ("PUSH", "CLAIM", "SETTLE", "RENEW", "CANCEL", "RECLAIM", "REPLAY"):
+                self._scripts[name] = client.register_script(getattr(lua, name))
+            for name in ("STATS", "NEXT_DUE", "DEAD_LETTERS"):
+                self._scripts[name] = client.register_script(getattr(lua, name))
+            await self._call(lambda: client.ping())  # fail fast on a wrong URL / password
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)
+            await nursery.start(self._listen)
+            await nursery.start(self._flush_settles)
+        except BaseException:
+            self._client = None
+            self._scripts.clear()
+            await stack.aclose()
+            raise
+        self._closed = False
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._stack = self._stack, None
+        self._closed = True
+        for op in self._settles:
+            op.failure = RuntimeError("the RedisBackend was closed before this settle was sent")
+            op.done.set()
+        self._settles.clear()
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            self._client = None
+            self._scripts.clear()
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _redis(self) -> coredis.Redis[bytes]:
+        if self._client is None:
+            raise RuntimeError(
+                "the RedisBackend is not open; use `async with RedisBackend.open(url) as b:`"
+            )
+        return self._client
+
+    async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op``; on connection loss retry with backoff for ``reconnect_timeout``.
+
+        Every script is safe to run twice (pushes carry their ids, settles remember the
+        token that settled), so a retry after a lost reply keeps the same outcome.
+        """
+        delay = 0.01
+        give_up: float | None = None
+        while True:
+            try:
+                self._round_trips += 1
+                return await op()
+            except _RETRYABLE as exc:
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + self.reconnect_timeout
+                if now >= give_up:
+                    raise
+                self._reconnects += 1
+                log.warning(
+                    "redis %s: %s: %s; retrying in %.2fs",
+                    self.url,
+                    type(exc).__name__,
+                    _scrub(str(exc), self._url),
+                    delay,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _script(self, name: str, args: Sequence[str | bytes | int]) -> Any:
+        self._redis()
+        script = self._scripts[name]
+        key = self.prefix + "token"  # routes the call to the prefix's slot
+        return await self._call(lambda: script(keys=[key], args=[self.prefix, *args]))
+
+    # --- wake-ups ---------------------------------------------------------------------
+
+    def _wake(self, queue: str) -> None:
+        self._gen[queue] += 1
+        event = self._events.pop(queue, None)
+        if event is not None:
+            event.set()
+
+    def _wake_all(self) -> None:
+        for queue in list(self._events):
+            self._wake(queue)
+
+    async def _listen(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Fan the ``wake`` stream out to this process's waiting workers.
+
+        One blocking ``XREAD`` on a connection of its own; after a connection loss it
+        resumes from the last entry it saw, so no wake-up is missed.
+        """
+        client = self._redis()
+        stream = self.prefix + "wake"
+        last: str | bytes = "$"
+        delay = 0.01
+        started = False
+        while True:
+            try:
+                if not started:
+                    # Resolve "$" now, so a push right after open() is not missed.
+                    info = await client.xrevrange(stream, count=1)
+                    last = info[0].identifier if info else "0-0"
+                    started = True
+                    task_status.started()
+                elif delay > 0.01:
+                    await client.ping()  # reconnected: reset the backoff
+                    delay = 0.01
+                reply = await client.xread({stream: last}, count=1000, block=5000)
+            except _RETRYABLE as exc:
+                self._reconnects += 1
+                log.warning(
+                    "redis %s: wake-up listener: %s; reconnecting in %.2fs",
+                    self.url,
+                    type(exc).__name__,
+                    delay,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                self._wake_all()  # wake-ups may have been missed meanwhile
+                continue
+            delay = 0.01  # the connection works again
+            if not reply:
+                continue
+            for entries in reply.values():
+                for entry in entries:
+                    last = entry.identifier
+                    queue = entry.field_values.get(b"q")
+                    if queue is not None:
+                        self._wakeups += 1
+                        self._wake(_s(queue))
+
+    async def wait_for_work(self, queue: str) -> None:
+        event = self._events[queue]
+        seen = self._seen.get(trio.lowlevel.current_task())
+        if seen is not None and seen[0] == queue and seen[1] != self._gen[queue]:
+            return  # woken between this task's last claim and now
+        raw = await self._script("NEXT_DUE", [queue])
+        span = math.inf
+        if raw:
+            span = max(0.0, float(_s(raw)) - self.now())
+        with trio.move_on_after(span):
+            await event.wait()
+
+    # --- producing --------------------------------------------------------------------
+
+    async def push(
+        self,
+        args: Any,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float = 0.0,
+        max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        unique_key: str | None = None,
+    ) -> TaskId:
+        job = Job(
+            args,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            max_attempts=max_attempts,
+            headers=dict(headers or {}),
+            unique_key=unique_key,
+        )
+        (task_id,) = await self.push_many([job])
+        return task_id
+
+    async def push_many(self, jobs: Iterable[Job]) -> list[TaskId]:
+        with traced_send(list(jobs)) as traced:  # PRODUCER span + traceparent header
+            return await self._push_many(traced)
+
+    async def _push_many(self, jobs: Sequence[Job]) -> list[TaskId]:
+        encoded = [(job, self._encode(job)) for job in jobs]  # validate all before storing
+        if not encoded:
+            await trio.lowlevel.checkpoint()
+            return []
+        now = self.now()
+        nows = _f(now)
+        args: list[str | bytes] = []
+        for job, payload in encoded:
+            run_at = now + job.delay
+            order = max(now, run_at) - job.priority * self.aging
+            args += [
+                TaskId.new(),
+                job.queue,
+                payload,
+                str(job.priority),
+                str(job.max_attempts or self.default_max_attempts),
+                json.dumps(dict(job.headers)) if job.headers else "",
+                "" if job.unique_key is None else "k:" + job.unique_key,
+                _f(run_at),
+                _f(order),
+                "1" if run_at <= now else "0",
+            ]
+        width = 10 * _PUSH_CHUNK
+        if len(args) <= width:
+            ids = await self._script("PUSH", [nows, *args])
+        else:
+            ids = await self._push_pipelined(
+                nows, [args[i : i + width] for i in range(0, len(args), width)]
+            )
+        return [TaskId(_s(i)) for i in ids]
+
+    async def _push_pipelined(self, nows: str, chunks: list[list[str | bytes]]) -> list[Any]:
+        client = self._redis()
+        script = self._scripts["PUSH"]
+        key = self.prefix + "token"
+
+        async def run() -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                results: list[Any] = [
+                    script(keys=[key], args=[self.prefix, nows, *chunk], client=pipe)
+                    for chunk in chunks
+                ]
+            return [i for r in results for i in await r]
+
+        return await self._call(run)
+
+    def _encode(self, job: Job) -> bytes:
+        payload = self._codec.encode(job.args)
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload of {len(payload)} bytes exceeds max_payload_bytes="
+                f"{self.max_payload_bytes}; store large data elsewhere and pass a reference, "
+                "or raise the limit"
+            )
+        return payload
+
+    # --- consuming --------------------------------------------------------------------
+
+    async def claim(
+        self, queue: str, *, owner: str, limit: int, lease_ttl: float
+    ) -> list[Task[bytes]]:
+        self._seen[trio.lowlevel.current_task()] = (queue, self._gen[queue])
+        now = self.now()
+        deadline = now + lease_ttl
+        raw = await self._script(
+            "CLAIM",
+            [
+                queue,
+                owner,
+                str(limit),
+                _f(now),
+                _f(deadline),
+                str(self.max_lost),
+                os.urandom(8).hex(),  # the nonce: a retried call is the same claim
+            ],
+        )
+        out: list[Task[bytes]] = []
+        for i in range(0, len(raw), 9):
+            tid, args, attempt, max_attempts, priority, run_at, enq, headers, token = raw[i : i + 9]
+            ctx = TaskContext(
+                id=TaskId(_s(tid)),
+                queue=queue,
+                attempt=int(attempt),
+                max_attempts=int(max_attempts),
+                priority=int(priority),
+                run_at=float(run_at),
+                enqueued_at=float(enq),
+                headers=json.loads(headers) if headers else {},
+                lease=Lease(owner, deadline, int(token)),
+            )
+            out.append(Task(args, ctx))
+        return out
+
+    async def renew(
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_ttl: float
+    ) -> list[Renewal]:
+        if not leases:
+            await trio.lowlevel.checkpoint()
+            return []
+        now = self.now()
+        args: list[str] = [_f(now), _f(now + lease_ttl)]
+        for task_id, token in leases:
+            args += [task_id, str(token)]
+        raw = await self._script("RENEW", args)
+        verdicts = {0: Renewal.LOST, 1: Renewal.RENEWED, 2: Renewal.CANCEL_REQUESTED}
+        return [verdicts[int(v)] for v in raw]
+
+    async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
+        if result is None:
+            await self._settle(["A", task_id, str(token), "0", ""])
+        else:
+            await self._settle(["A", task_id, str(token), "1", result])
+
+    async def retry(self, task_id: TaskId, token: int, *, delay: float, error: str) -> None:
+        run_at = self.now() + max(0.0, delay)
+        await self._settle(["R", task_id, str(token), _f(run_at), error])
+
+    async def dead(self, task_id: TaskId, token: int, *, reason: str) -> None:
+        await self._settle(["D", task_id, str(token), reason, ""])
+
+    async def release(self, task_id: TaskId, token: int) -> None:
+        await self._settle(["L", task_id, str(token), "", ""])
+
+    async def _settle(self, args: list[str | bytes]) -> None:
+        """Queue one settle for the batcher and wait for its own outcome."""
+        self._redis()
+        op = _Settle(args)
+        self._settles.append(op)
+        self._settle_ready.set()
+        await op.done.wait()
+        if op.failure is not None:
+            raise op.failure
+        if op.error:
+            raise LeaseLost(op.error)
+
+    async def _flush_settles(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Send queued settles, one script call per round trip, and hand out outcomes."""
+        task_status.started()
+        while True:
+            await self._settle_ready.wait()
+            self._settle_ready = trio.Event()
+            ops, self._settles = self._settles[:_SETTLE_CHUNK], self._settles[_SETTLE_CHUNK:]
+            if self._settles:
+                self._settle_ready.set()
+            if not ops:
+                continue
+            nonce = os.urandom(8).hex()
+            args: list[str | bytes] = [
+                _f(self.now()),
+                self._ttl,
+                self._keep_ms,
+                _f(self.aging),
+                nonce,
+            ]
+            for op in ops:
+                args += op.args
+            try:
+                raw = await self._script("SETTLE", args)
+            except Exception as exc:  # delivered to every caller, who raises it
+                for op in ops:
+                    op.failure = exc
+                    op.done.set()
+                continue
+            except BaseException:
+                for op in ops:
+                    op.failure = RuntimeError(
+                        "the RedisBackend was closed while this settle was in flight; "
+                        "its outcome is unknown (the lease decides: it expires or was settled)"
+                    )
+                    op.done.set()
+                raise
+            self._settle_count += len(ops)
+            self._settle_batches += 1
+            for op, err in zip(ops, raw, strict=True):
+                op.error = _s(err)
+                op.done.set()
+
+    # --- producers and operators ------------------------------------------------------
+
+    async def get_task(self, task_id: TaskId) -> TaskInfo | None:
+        client = self._redis()
+        raw = await self._call(lambda: client.hgetall(self.prefix + "t:" + task_id))
+        if not raw:
+            return None
+        return self._info(task_id, {_s(k): v for k, v in raw.items()})
+
+    def _info(self, task_id: str, h: dict[str, bytes]) -> TaskInfo:
+        now = self.now()
+        state = TaskState(_s(h["s"]))
+        leased = state is TaskState.LEASED
+        rx = float(h["rx"]) if "rx" in h else None
+        expired = rx is not None and rx <= now
+        headers = h.get("h", b"")
+        return TaskInfo(
+            id=TaskId(task_id),
+            queue=_s(h["q"]),
+            state=state,
+            args=h["a"],
+            attempt=int(h["n"]),
+            max_attempts=int(h["m"]),
+            priority=int(h["p"]),
+            run_at=float(h["r"]),
+            enqueued_at=float(h["e"]),
+            headers=json.loads(headers) if headers else {},
+            unique_key=_s(h["u"]) if "u" in h else None,
+            owner=_s(h["w"]) if leased and "w" in h else None,
+            lease_deadline=float(h["d"]) if leased and "d" in h else None,
+            token=int(h.get("t", b"0")),
+            lost=int(h.get("l", b"0")),
+            result=None if expired else h.get("res"),
+            result_expires_at=None if expired else rx,
+            last_error=_s(h["err"]) if "err" in h else None,
+            dead_reason=_s(h["dr"]) if "dr" in h else None,
+            cancel_requested="c" in h,
+        )
+
+    async def cancel(self, task_id: TaskId, *, reason: str = "cancel requested") -> bool:
+        return bool(await self._script("CANCEL", [task_id, reason]))
+
+    async def reclaim(self) -> int:
+        return int(await self._script("RECLAIM", [_f(self.now()), str(self.max_lost)]))
+
+    async def pause_queue(self, queue: str) -> None:
+        _check_queue_name(queue)
+        client = self._redis()
+
+        async def run() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.set(self.prefix + "q:" + queue + ":paused", "1")
+                pipe.sadd(self.prefix + "queues", [queue])
+
+        await self._call(run)
+
+    async def resume_queue(self, queue: str) -> None:
+        _check_queue_name(queue)
+        client = self._redis()
+
+        async def run() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete([self.prefix + "q:" + queue + ":paused"])
+                pipe.xadd(
+                    self.prefix + "wake",
+                    {"q": queue},
+                    trim_strategy=PureToken.MAXLEN,
+                    threshold=1000,
+                    trim_operator=PureToken.APPROXIMATELY,
+                )
+
+        await self._call(run)
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[TaskInfo]:
+        if limit <= 0:
+            await trio.lowlevel.checkpoint()
+            return []
+        raw = await self._script("DEAD_LETTERS", [queue, str(limit)])
+        out: list[TaskInfo] = []
+        i = 0
+        while i < len(raw):
+            task_id, n = _s(raw[i]), int(raw[i + 1])
+            fields = raw[i + 2 : i + 2 + n]
+            out.append(self._info(task_id, {_s(fields[j]): fields[j + 1] for j in range(0, n, 2)}))
+            i += 2 + n
+        return out
+
+    async def replay(self, task_ids: Sequence[TaskId], *, delay: float = 0.0) -> list[TaskId]:
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
+        if not task_ids:
+            await trio.lowlevel.checkpoint()
+            return []
+        now = self.now()
+        raw = await self._script("REPLAY", [_f(now), _f(now + delay), _f(self.aging), *task_ids])
+        return [TaskId(_s(i)) for i in raw]
+
+    # --- inspection -------------------------------------------------------------------
+
+    async def stats(self) -> list[QueueStats]:
+        raw = await self._script("STATS", [])
+        out = [
+            QueueStats(
+                queue=_s(raw[i]),
+                pending=int(raw[i + 1]),
+                scheduled=int(raw[i + 2]),
+                leased=int(raw[i + 3]),
+                done=int(raw[i + 4]),
+                dead=int(raw[i + 5]),
+                paused=bool(raw[i + 6]),
+            )
+            for i in range(0, len(raw), 7)
+        ]
+        return sorted(out, key=lambda s: s.queue)
+
+    def statistics(self) -> RedisStatistics:
+        """A frozen snapshot of the client side: round trips, reconnects, batching.
+
+        Example::
+
+            print(backend.statistics().reconnects)
+        """
+        return RedisStatistics(
+            url=self.url,
+            prefix=self.prefix,
+            round_trips=self._round_trips,
+            reconnects=self._reconnects,
+            settles=self._settle_count,
+            settle_batches=self._settle_batches,
+            wakeups=self._wakeups,
+        )
+
+    async def purge(self) -> int:
+        """Delete every key under this backend's prefix (tests, resets); return how many.
+
+        Uses ``SCAN`` + ``UNLINK``, never ``FLUSHALL``; other prefixes are untouched.
+
+        Example::
+
+            async with RedisBackend.open(url, prefix="test-42:") as backend:
+                ...
+                await backend.purge()
+        """
+        client = self._redis()
+        pattern = _glob_escape(self.prefix) + "*"
+
+        async def run() -> int:
+            count = 0
+            batch: list[bytes] = []
+            async for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    count += await client.unlink(batch)
+                    batch = []
+            if batch:
+                count += await client.unlink(batch)
+            return count
+
+        return await self._call(run)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _scrub(text: str, url: str) -> str:
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text
+
+
+def _check_queue_name(queue: str) -> None:
+    if not queue or not isinstance(queue, str):
+        raise ValueError(f"queue must be a non-empty string, got {queue!r}")

@@ -1,0 +1,444 @@
+"""The Lua scripts of :class:`~turret.backends.RedisBackend`: every state change is one script.
+
+Data layout (``P`` is the key prefix, default ``turret:``)::
+
+    P t:<id>              HASH  one task: q queue, a args, p priority, m max_attempts,
+                                h headers (JSON or ""), u unique key, e enqueued_at,
+                                r run_at, o order key, s state, n attempt, t token,
+                                w owner, d lease deadline, l lost, res result,
+                                rx result expiry, err last error, dr dead reason,
+                                c cancel reason, st token of the settle that finished it
+    P q:<queue>:pending   ZSET  due tasks by order = eligible_at - priority * aging
+                                (ties by id: ULIDs, so FIFO)
+    P q:<queue>:scheduled ZSET  waiting tasks by run_at
+    P q:<queue>:leases    ZSET  leased tasks by lease deadline (per task, not per worker)
+    P q:<queue>:dead      ZSET  dead letters, score 0, so ordered by id
+    P q:<queue>:stats     HASH  done: count of acked tasks
+    P q:<queue>:paused    STRING present while the queue is paused
+    P u:<unique key>      STRING id of the live task holding the key
+    P queues              SET   every queue name seen
+    P token               STRING fencing token counter (INCR)
+    P c:<nonce>           LIST  ids and tokens one claim call leased (1 minute), so a
+                                call retried after a lost reply gets the same tasks
+    P wake                STREAM wake-ups: XADD q=<queue> when work becomes due there
+                                (capped at ~1000 entries); each process XREADs it
+                                BLOCKing, resuming from its last id after a reconnect
+
+Floats cross the boundary as strings: Python sends ``repr(x)`` (exact), Redis 7 turns
+Lua numbers into arguments with ``%.17g`` (exact), and ``fmt`` below does the same.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CANCEL",
+    "CLAIM",
+    "DEAD_LETTERS",
+    "NEXT_DUE",
+    "PUSH",
+    "RECLAIM",
+    "RENEW",
+    "REPLAY",
+    "SETTLE",
+    "STATS",
+]
+
+PRELUDE = r"""
+local P = ARGV[1]
+local wake = {}
+local function tkey(id) return P .. 't:' .. id end
+local function qkey(q, s) return P .. 'q:' .. q .. ':' .. s end
+local function fmt(x) return string.format('%.17g', x) end
+
+local function publish()
+  for q, _ in pairs(wake) do
+    redis.call('XADD', P .. 'wake', 'MAXLEN', '~', 1000, '*', 'q', q)
+  end
+end
+
+local function unique_release(id, uk)
+  if uk then
+    local k = P .. 'u:' .. uk
+    if redis.call('GET', k) == id then redis.call('DEL', k) end
+  end
+end
+
+-- a task leaves the queue for good: owner and cancel request cleared, unique key freed
+local function finish(id, q, uk, state)
+  local tk = tkey(id)
+  redis.call('HSET', tk, 's', state)
+  redis.call('HDEL', tk, 'w', 'c')
+  unique_release(id, uk)
+end
+
+local function to_dead(id, q, uk, reason)
+  redis.call('HSET', tkey(id), 'dr', reason)
+  finish(id, q, uk, 'dead')
+  redis.call('ZADD', qkey(q, 'dead'), 0, id)
+end
+
+-- back in line: pending (order key ``o``) when due, else scheduled by run_at
+local function make_ready(id, q, run_at, now, order)
+  local tk = tkey(id)
+  redis.call('HDEL', tk, 'w')
+  if run_at <= now then
+    redis.call('HSET', tk, 's', 'pending')
+    redis.call('ZADD', qkey(q, 'pending'), order, id)
+    wake[q] = true
+  else
+    redis.call('HSET', tk, 's', 'scheduled')
+    redis.call('ZADD', qkey(q, 'scheduled'), run_at, id)
+  end
+end
+
+local function reclaim_queue(q, now, nows, max_lost, limit)
+  local lk = qkey(q, 'leases')
+  local ids = redis.call('ZRANGEBYSCORE', lk, '-inf', nows, 'LIMIT', 0, limit)
+  local n = 0
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', lk, id)
+    local tk = tkey(id)
+    local f = redis.call('HMGET', tk, 's', 'd', 'l', 'n', 'm', 'c', 'u', 'o')
+    if f[1] == 'leased' and tonumber(f[2]) <= now then
+      n = n + 1
+      local lost = tonumber(f[3] or '0') + 1
+      redis.call('HSET', tk, 'l', lost, 'err', 'worker lost')
+      local uk = f[7] or nil
+      if f[6] then
+        to_dead(id, q, uk, 'cancelled: ' .. f[6] .. ' (worker lost)')
+      elseif lost >= max_lost then
+        to_dead(id, q, uk, 'worker lost ' .. lost .. ' times')
+      elseif tonumber(f[4]) >= tonumber(f[5]) then
+        to_dead(id, q, uk, 'worker lost on the last attempt (' .. f[4] .. ')')
+      else
+        redis.call('HSET', tk, 'r', nows)
+        make_ready(id, q, now, now, tonumber(f[8]))
+      end
+    end
+  end
+  return n
+end
+
+local function promote(q, nows)
+  local sk = qkey(q, 'scheduled')
+  local ids = redis.call('ZRANGEBYSCORE', sk, '-inf', nows, 'LIMIT', 0, 1000)
+  if #ids == 0 then return end
+  local pk = qkey(q, 'pending')
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', sk, id)
+    local tk = tkey(id)
+    redis.call('HSET', tk, 's', 'pending')
+    redis.call('ZADD', pk, redis.call('HGET', tk, 'o'), id)
+  end
+end
+"""
+
+# ARGV: P, now, then 10 per job: id, queue, args, priority, max_attempts, headers,
+# unique ("" or "k:<key>"), run_at, order, due ("1" pending, "0" scheduled).
+# Returns the ids (an existing live task's id for a taken unique key). A retried push
+# (same ids) is a no-op: pushes are idempotent.
+PUSH = (
+    PRELUDE
+    + r"""
+local now = ARGV[2]
+local out = {}
+local seen = {}
+for i = 3, #ARGV, 10 do
+  local id, q, uk = ARGV[i], ARGV[i + 1], ARGV[i + 6]
+  local taken = nil
+  if uk ~= '' then
+    uk = string.sub(uk, 3)
+    local k = P .. 'u:' .. uk
+    taken = redis.call('GET', k)
+    if not taken then redis.call('SET', k, id) end
+  end
+  if taken then
+    out[#out + 1] = taken
+  else
+    out[#out + 1] = id
+    local tk = tkey(id)
+    if redis.call('EXISTS', tk) == 0 then
+      local due = ARGV[i + 9] == '1'
+      redis.call('HSET', tk, 'q', q, 'a', ARGV[i + 2], 'p', ARGV[i + 3], 'm', ARGV[i + 4],
+        'h', ARGV[i + 5], 'e', now, 'r', ARGV[i + 7], 'o', ARGV[i + 8], 'n', 0, 't', 0,
+        'l', 0, 's', due and 'pending' or 'scheduled')
+      if uk ~= '' then redis.call('HSET', tk, 'u', uk) end
+      if due then
+        redis.call('ZADD', qkey(q, 'pending'), ARGV[i + 8], id)
+      else
+        redis.call('ZADD', qkey(q, 'scheduled'), ARGV[i + 7], id)
+      end
+      if not seen[q] then
+        seen[q] = true
+        redis.call('SADD', P .. 'queues', q)
+      end
+      wake[q] = true
+    end
+  end
+end
+publish()
+return out
+"""
+)
+
+# ARGV: P, queue, owner, limit, now, deadline, max_lost, nonce. Reclaims expired
+# leases, promotes due scheduled tasks, then leases up to ``limit`` tasks in order.
+# Returns 9 values per task: id, args, attempt, max_attempts, priority, run_at,
+# enqueued_at, headers, token. The call's leases are remembered under its nonce for a
+# minute: a call retried after a lost reply gets the same tasks back (those still
+# leased to it) instead of leaving them leased to nobody until their leases expire.
+CLAIM = (
+    PRELUDE
+    + r"""
+local q, owner, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local nows, deadline = ARGV[5], ARGV[6]
+local now = tonumber(nows)
+local ck = P .. 'c:' .. ARGV[8]
+local function row(out, id, tok)
+  local f = redis.call('HMGET', tkey(id), 'a', 'n', 'm', 'p', 'r', 'e', 'h')
+  out[#out + 1] = id
+  for j = 1, 7 do out[#out + 1] = f[j] end
+  out[#out + 1] = tok
+end
+local before = redis.call('LRANGE', ck, 0, -1)
+if #before > 0 then
+  local out = {}
+  for j = 1, #before, 2 do
+    local id, tok = before[j], before[j + 1]
+    local f = redis.call('HMGET', tkey(id), 's', 't')
+    if f[1] == 'leased' and f[2] == tok then row(out, id, tonumber(tok)) end
+  end
+  return out
+end
+reclaim_queue(q, now, nows, tonumber(ARGV[7]), 1000)
+promote(q, nows)
+publish()
+if redis.call('EXISTS', qkey(q, 'paused')) == 1 then return {} end
+local pk, lk = qkey(q, 'pending'), qkey(q, 'leases')
+local ids = redis.call('ZRANGE', pk, 0, limit - 1)
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZREM', pk, id)
+  local tk = tkey(id)
+  local tok = redis.call('INCR', P .. 'token')
+  redis.call('HINCRBY', tk, 'n', 1)
+  redis.call('HSET', tk, 's', 'leased', 't', tok, 'w', owner, 'd', deadline)
+  redis.call('HDEL', tk, 'st')
+  redis.call('ZADD', lk, deadline, id)
+  row(out, id, tok)
+  redis.call('RPUSH', ck, id, tok)
+end
+if #out > 0 then redis.call('PEXPIRE', ck, 60000) end
+return out
+"""
+)
+
+# ARGV: P, now, result_ttl ("" none), keep_ms ("" forever), aging, call nonce,
+# then 5 per op: kind (A ack, R retry, D dead, L release), id, token, x1, x2.
+#   A: x1 = "1" when x2 is the result;  R: x1 = run_at, x2 = error;  D: x1 = reason.
+# Returns one string per op: "" when done, else why the lease was refused. The nonce
+# (unique per call, kept when the call is retried after a lost reply) makes a retried
+# call see its own earlier outcome, while a second settle with the same token is refused.
+SETTLE = (
+    PRELUDE
+    + r"""
+local nows, ttl, keep, aging, nonce = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local now = tonumber(nows)
+local out = {}
+for i = 7, #ARGV, 5 do
+  local kind, id, tok = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local tk = tkey(id)
+  local f = redis.call('HMGET', tk, 's', 't', 'd', 'q', 'st', 'c', 'u', 'p', 'r', 'o')
+  local err = ''
+  if not f[1] then
+    err = 'task ' .. id .. ' is unknown to this backend'
+  elseif f[5] == nonce .. ':' .. tok then
+    err = ''  -- this very call was applied before its reply was lost: same outcome
+  elseif f[1] ~= 'leased' or f[2] ~= tok then
+    err = 'task ' .. id .. ': lease token ' .. tok .. ' is stale (task is ' .. f[1]
+      .. ', current token ' .. f[2] .. ')'
+  elseif tonumber(f[3]) <= now then
+    err = 'task ' .. id .. ': lease expired at ' .. string.format('%.3f', tonumber(f[3]))
+  else
+    local q, uk = f[4], f[7] or nil
+    redis.call('ZREM', qkey(q, 'leases'), id)
+    redis.call('HSET', tk, 'st', nonce .. ':' .. tok)
+    if kind == 'A' then
+      if ARGV[i + 3] == '1' then
+        redis.call('HSET', tk, 'res', ARGV[i + 4])
+        if ttl ~= '' then
+          redis.call('HSET', tk, 'rx', fmt(now + tonumber(ttl)))
+        else
+          redis.call('HDEL', tk, 'rx')
+        end
+      else
+        redis.call('HDEL', tk, 'res', 'rx')
+      end
+      finish(id, q, uk, 'done')
+      redis.call('HINCRBY', qkey(q, 'stats'), 'done', 1)
+      if keep ~= '' then redis.call('PEXPIRE', tk, keep) end
+    elseif kind == 'D' then
+      to_dead(id, q, uk, ARGV[i + 3])
+    elseif kind == 'R' then
+      redis.call('HSET', tk, 'err', ARGV[i + 4])
+      if f[6] then
+        to_dead(id, q, uk, 'cancelled: ' .. f[6])
+      else
+        local run_at = tonumber(ARGV[i + 3])
+        redis.call('HSET', tk, 'r', ARGV[i + 3], 'o', fmt(run_at - tonumber(f[8]) * aging))
+        make_ready(id, q, run_at, now, run_at - tonumber(f[8]) * aging)
+      end
+    else
+      redis.call('HINCRBY', tk, 'n', -1)
+      if f[6] then
+        to_dead(id, q, uk, 'cancelled: ' .. f[6])
+      else
+        make_ready(id, q, tonumber(f[9]), now, tonumber(f[10]))
+      end
+    end
+  end
+  out[#out + 1] = err
+end
+publish()
+return out
+"""
+)
+
+# ARGV: P, now, deadline, then pairs id, token. Returns 1 renewed, 0 lost, 2 cancel
+# requested, per lease.
+RENEW = (
+    PRELUDE
+    + r"""
+local now, deadline = tonumber(ARGV[2]), ARGV[3]
+local out = {}
+for i = 4, #ARGV, 2 do
+  local id, tok = ARGV[i], ARGV[i + 1]
+  local tk = tkey(id)
+  local f = redis.call('HMGET', tk, 's', 't', 'd', 'q', 'c')
+  if f[1] == 'leased' and f[2] == tok and tonumber(f[3]) > now then
+    redis.call('HSET', tk, 'd', deadline)
+    redis.call('ZADD', qkey(f[4], 'leases'), deadline, id)
+    out[#out + 1] = f[5] and 2 or 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+)
+
+# ARGV: P, id, reason. Returns 1 when cancelled or cancel-requested, 0 otherwise.
+CANCEL = (
+    PRELUDE
+    + r"""
+local id, reason = ARGV[2], ARGV[3]
+local tk = tkey(id)
+local f = redis.call('HMGET', tk, 's', 'q', 'u')
+if not f[1] or f[1] == 'done' or f[1] == 'dead' then return 0 end
+if f[1] == 'leased' then
+  redis.call('HSET', tk, 'c', reason)
+  return 1
+end
+redis.call('ZREM', qkey(f[2], 'pending'), id)
+redis.call('ZREM', qkey(f[2], 'scheduled'), id)
+to_dead(id, f[2], f[3] or nil, 'cancelled: ' .. reason)
+return 1
+"""
+)
+
+# ARGV: P, now, max_lost. Reclaims expired leases of every queue; returns how many.
+RECLAIM = (
+    PRELUDE
+    + r"""
+local nows = ARGV[2]
+local n = 0
+for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+  n = n + reclaim_queue(q, tonumber(nows), nows, tonumber(ARGV[3]), 10000)
+end
+publish()
+return n
+"""
+)
+
+# ARGV: P, now, run_at, aging, ids... Returns the ids replayed.
+REPLAY = (
+    PRELUDE
+    + r"""
+local now, run_at_s, aging = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local run_at = tonumber(run_at_s)
+local out = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local tk = tkey(id)
+  local f = redis.call('HMGET', tk, 's', 'q', 'u', 'p')
+  if f[1] == 'dead' then
+    local q = f[2]
+    redis.call('ZREM', qkey(q, 'dead'), id)
+    redis.call('HSET', tk, 'n', 0, 'l', 0, 'r', run_at_s,
+      'o', fmt(run_at - tonumber(f[4]) * aging))
+    redis.call('HDEL', tk, 'dr', 'st')
+    if f[3] then
+      if not redis.call('SET', P .. 'u:' .. f[3], id, 'NX') then redis.call('HDEL', tk, 'u') end
+    end
+    make_ready(id, q, run_at, now, run_at - tonumber(f[4]) * aging)
+    out[#out + 1] = id
+  end
+end
+publish()
+return out
+"""
+)
+
+# ARGV: P. Returns 7 values per queue: name, pending, scheduled, leased, done, dead, paused.
+STATS = (
+    PRELUDE
+    + r"""
+local out = {}
+for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+  out[#out + 1] = q
+  out[#out + 1] = redis.call('ZCARD', qkey(q, 'pending'))
+  out[#out + 1] = redis.call('ZCARD', qkey(q, 'scheduled'))
+  out[#out + 1] = redis.call('ZCARD', qkey(q, 'leases'))
+  out[#out + 1] = tonumber(redis.call('HGET', qkey(q, 'stats'), 'done') or '0')
+  out[#out + 1] = redis.call('ZCARD', qkey(q, 'dead'))
+  out[#out + 1] = redis.call('EXISTS', qkey(q, 'paused'))
+end
+return out
+"""
+)
+
+# ARGV: P, queue. Returns "" when nothing is due later (or paused), else the earliest
+# of the first scheduled run_at and the first lease deadline.
+NEXT_DUE = (
+    PRELUDE
+    + r"""
+local q = ARGV[2]
+if redis.call('EXISTS', qkey(q, 'paused')) == 1 then return '' end
+local best = nil
+for _, s in ipairs({'scheduled', 'leases'}) do
+  local first = redis.call('ZRANGE', qkey(q, s), 0, 0, 'WITHSCORES')
+  if first[2] then
+    local v = tonumber(first[2])
+    if best == nil or v < best then best = v end
+  end
+end
+if best == nil then return '' end
+return fmt(best)
+"""
+)
+
+# ARGV: P, queue, limit. Returns id then HGETALL pairs (flattened, length-prefixed).
+DEAD_LETTERS = (
+    PRELUDE
+    + r"""
+local ids = redis.call('ZRANGE', qkey(ARGV[2], 'dead'), 0, tonumber(ARGV[3]) - 1)
+local out = {}
+for _, id in ipairs(ids) do
+  local h = redis.call('HGETALL', tkey(id))
+  out[#out + 1] = id
+  out[#out + 1] = #h
+  for j = 1, #h do out[#out + 1] = h[j] end
+end
+return out
+"""
+)
