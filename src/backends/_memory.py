@@ -5,17 +5,16 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import trio
 
 from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
 from ..core._codec import Codec, JsonCodec
-from ..core._errors import LeaseLost, PayloadTooLarge
+from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
-from ..observability._propagation import traced_send
+from ._producer import Producer, check_options
 
 
 async def _cancel_point() -> None:
@@ -110,7 +109,7 @@ class _Queue:
         self.wakeup = trio.Event()
 
 
-class MemoryBackend:
+class MemoryBackend(Producer):
     """Tasks in a dict, heaps per queue; leases, fencing and retries as durable backends.
 
     Time comes from ``clock`` (default ``trio.current_time``), so tests can run on
@@ -167,45 +166,10 @@ class MemoryBackend:
 
     # --- producing ------------------------------------------------------------------
 
-    async def push(
-        self,
-        args: Any,
-        *,
-        queue: str = "default",
-        priority: int = 0,
-        delay: float = 0.0,
-        max_attempts: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        unique_key: str | None = None,
-    ) -> TaskId:
-        job = Job(
-            args,
-            queue=queue,
-            priority=priority,
-            delay=delay,
-            max_attempts=max_attempts,
-            headers=dict(headers or {}),
-            unique_key=unique_key,
-        )
-        (task_id,) = await self.push_many([job])
-        return task_id
-
-    async def push_many(self, jobs: Iterable[Job]) -> list[TaskId]:
+    async def _store(self, encoded: Sequence[tuple[Job, bytes]]) -> list[TaskId]:
         await trio.lowlevel.checkpoint()
-        with traced_send(list(jobs)) as traced:  # PRODUCER span + traceparent header
-            encoded = [(job, self._encode(job)) for job in traced]  # validate all first
-            now = self.now()
-            return [self._insert(job, payload, now) for job, payload in encoded]
-
-    def _encode(self, job: Job) -> bytes:
-        payload = self._codec.encode(job.args)
-        if len(payload) > self.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"payload of {len(payload)} bytes exceeds max_payload_bytes="
-                f"{self.max_payload_bytes}; store large data elsewhere and pass a reference, "
-                "or raise the limit"
-            )
-        return payload
+        now = self.now()
+        return [self._insert(job, payload, now) for job, payload in encoded]
 
     def _insert(self, job: Job, payload: bytes, now: float) -> TaskId:
         if job.unique_key is not None:
@@ -524,24 +488,3 @@ class MemoryBackend:
 def _check_queue_name(queue: str) -> None:
     if not queue or not isinstance(queue, str):
         raise ValueError(f"queue must be a non-empty string, got {queue!r}")
-
-
-def check_options(
-    *,
-    default_max_attempts: int,
-    max_payload_bytes: int,
-    aging: float,
-    max_lost: int,
-    result_ttl: float | None,
-) -> None:
-    """Validate the options every backend shares; raise ValueError naming the fix."""
-    if default_max_attempts < 1:
-        raise ValueError(f"default_max_attempts must be >= 1, got {default_max_attempts}")
-    if max_payload_bytes < 1:
-        raise ValueError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
-    if aging <= 0:
-        raise ValueError(f"aging must be > 0 seconds per priority level, got {aging}")
-    if max_lost < 1:
-        raise ValueError(f"max_lost must be >= 1 expired lease, got {max_lost}")
-    if result_ttl is not None and result_ttl < 0:
-        raise ValueError(f"result_ttl must be >= 0 seconds or None (forever), got {result_ttl}")

@@ -14,7 +14,7 @@ import os
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -29,11 +29,10 @@ from coredis.tokens import PureToken
 
 from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
 from ..core._codec import Codec, JsonCodec
-from ..core._errors import LeaseLost, PayloadTooLarge
+from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
-from ..observability._propagation import traced_send
 from . import _redis_lua as lua
-from ._memory import check_options
+from ._producer import Producer, check_options
 
 __all__ = ["DEFAULT_REDIS_URL", "RedisBackend", "RedisStatistics", "redact_url"]
 
@@ -167,7 +166,7 @@ class _Settle:
         self.failure: BaseException | None = None
 
 
-class RedisBackend:
+class RedisBackend(Producer):
     """Tasks in Redis, shared by any number of worker processes and hosts.
 
     Open it with ``async with``: that opens the connections, the wake-up listener and
@@ -456,35 +455,7 @@ class RedisBackend:
 
     # --- producing --------------------------------------------------------------------
 
-    async def push(
-        self,
-        args: Any,
-        *,
-        queue: str = "default",
-        priority: int = 0,
-        delay: float = 0.0,
-        max_attempts: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        unique_key: str | None = None,
-    ) -> TaskId:
-        job = Job(
-            args,
-            queue=queue,
-            priority=priority,
-            delay=delay,
-            max_attempts=max_attempts,
-            headers=dict(headers or {}),
-            unique_key=unique_key,
-        )
-        (task_id,) = await self.push_many([job])
-        return task_id
-
-    async def push_many(self, jobs: Iterable[Job]) -> list[TaskId]:
-        with traced_send(list(jobs)) as traced:  # PRODUCER span + traceparent header
-            return await self._push_many(traced)
-
-    async def _push_many(self, jobs: Sequence[Job]) -> list[TaskId]:
-        encoded = [(job, self._encode(job)) for job in jobs]  # validate all before storing
+    async def _store(self, encoded: Sequence[tuple[Job, bytes]]) -> list[TaskId]:
         if not encoded:
             await trio.lowlevel.checkpoint()
             return []
@@ -529,16 +500,6 @@ class RedisBackend:
             return [i for r in results for i in await r]
 
         return await self._call(run)
-
-    def _encode(self, job: Job) -> bytes:
-        payload = self._codec.encode(job.args)
-        if len(payload) > self.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"payload of {len(payload)} bytes exceeds max_payload_bytes="
-                f"{self.max_payload_bytes}; store large data elsewhere and pass a reference, "
-                "or raise the limit"
-            )
-        return payload
 
     # --- consuming --------------------------------------------------------------------
 

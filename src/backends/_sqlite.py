@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -30,10 +30,9 @@ import trio
 
 from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
 from ..core._codec import Codec, JsonCodec
-from ..core._errors import LeaseLost, PayloadTooLarge
+from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
-from ..observability._propagation import traced_send
-from ._memory import check_options
+from ._producer import Producer, check_options
 
 __all__ = ["SCHEMA_VERSION", "SqliteBackend", "SqliteStatistics"]
 
@@ -214,7 +213,7 @@ class _Tx:
             self.conn.execute("ROLLBACK")
 
 
-class SqliteBackend:
+class SqliteBackend(Producer):
     """Tasks in one SQLite file (WAL), shared safely by several processes on one host.
 
     Open it with ``async with``; every connection is closed on exit and no task of the
@@ -445,44 +444,8 @@ class SqliteBackend:
 
     # --- producing ------------------------------------------------------------------
 
-    async def push(
-        self,
-        args: Any,
-        *,
-        queue: str = "default",
-        priority: int = 0,
-        delay: float = 0.0,
-        max_attempts: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        unique_key: str | None = None,
-    ) -> TaskId:
-        job = Job(
-            args,
-            queue=queue,
-            priority=priority,
-            delay=delay,
-            max_attempts=max_attempts,
-            headers=dict(headers or {}),
-            unique_key=unique_key,
-        )
-        (task_id,) = await self.push_many([job])
-        return task_id
-
-    async def push_many(self, jobs: Iterable[Job]) -> list[TaskId]:
-        with traced_send(list(jobs)) as traced:  # PRODUCER span + traceparent header
-            return await self._insert_many(traced)
-
-    async def _insert_many(self, jobs: Iterable[Job]) -> list[TaskId]:
-        rows = []
-        for job in jobs:  # encode and validate everything before storing anything
-            payload = self._codec.encode(job.args)
-            if len(payload) > self.max_payload_bytes:
-                raise PayloadTooLarge(
-                    f"payload of {len(payload)} bytes exceeds max_payload_bytes="
-                    f"{self.max_payload_bytes}; store large data elsewhere and pass a "
-                    "reference, or raise the limit"
-                )
-            rows.append((job, payload, json.dumps(dict(job.headers))))
+    async def _store(self, encoded: Sequence[tuple[Job, bytes]]) -> list[TaskId]:
+        rows = [(job, payload, json.dumps(dict(job.headers))) for job, payload in encoded]
         if not rows:
             return []
         now = self.now()

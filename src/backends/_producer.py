@@ -1,0 +1,101 @@
+"""The producing half every backend shares: push, the payload limit, trace context.
+
+A backend inherits :class:`Producer` and implements one method, ``_store``, which writes
+already-encoded jobs in one transaction or round trip. ``push`` and ``push_many`` (the
+size check, the PRODUCER span and the W3C ``traceparent`` header) are written once here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..core._backend import Job
+from ..core._codec import Codec
+from ..core._errors import PayloadTooLarge
+from ..core._task import TaskId
+from ..observability._propagation import traced_send
+
+__all__ = ["Producer", "check_options"]
+
+
+class Producer:
+    """``push``/``push_many`` for a backend; subclasses implement :meth:`_store`.
+
+    Example (a backend)::
+
+        class MyBackend(Producer):
+            async def _store(self, encoded: Sequence[tuple[Job, bytes]]) -> list[TaskId]:
+                ...  # one transaction for the whole batch
+    """
+
+    max_payload_bytes: int
+
+    @property
+    def codec(self) -> Codec:
+        raise NotImplementedError
+
+    async def push(
+        self,
+        args: Any,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float = 0.0,
+        max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        unique_key: str | None = None,
+    ) -> TaskId:
+        """Store one task; return its id (see :class:`~turret.Job` for the options)."""
+        job = Job(
+            args,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            max_attempts=max_attempts,
+            headers=dict(headers or {}),
+            unique_key=unique_key,
+        )
+        (task_id,) = await self.push_many([job])
+        return task_id
+
+    async def push_many(self, jobs: Iterable[Job]) -> list[TaskId]:
+        """Store several tasks at once, all or nothing; ids in the order of ``jobs``."""
+        with traced_send(list(jobs)) as traced:  # PRODUCER span + traceparent header
+            encoded = [(job, self._encode(job)) for job in traced]  # validate all first
+            return await self._store(encoded)
+
+    def _encode(self, job: Job) -> bytes:
+        payload = self.codec.encode(job.args)
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload of {len(payload)} bytes exceeds max_payload_bytes="
+                f"{self.max_payload_bytes}; store large data elsewhere and pass a reference, "
+                "or raise the limit"
+            )
+        return payload
+
+    async def _store(self, encoded: Sequence[tuple[Job, bytes]]) -> list[TaskId]:
+        """Write the encoded jobs in one transaction or round trip; return their ids."""
+        raise NotImplementedError
+
+
+def check_options(
+    *,
+    default_max_attempts: int,
+    max_payload_bytes: int,
+    aging: float,
+    max_lost: int,
+    result_ttl: float | None,
+) -> None:
+    """Validate the options every backend shares; raise ValueError naming the fix."""
+    if default_max_attempts < 1:
+        raise ValueError(f"default_max_attempts must be >= 1, got {default_max_attempts}")
+    if max_payload_bytes < 1:
+        raise ValueError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
+    if aging <= 0:
+        raise ValueError(f"aging must be > 0 seconds per priority level, got {aging}")
+    if max_lost < 1:
+        raise ValueError(f"max_lost must be >= 1 expired lease, got {max_lost}")
+    if result_ttl is not None and result_ttl < 0:
+        raise ValueError(f"result_ttl must be >= 0 seconds or None (forever), got {result_ttl}")
