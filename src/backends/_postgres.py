@@ -1,11 +1,13 @@
 """A PostgreSQL backend: many worker processes on many machines sharing one queue.
 
-psycopg 3's async API is asyncio-only, so every statement runs on the sync driver in
-``trio.to_thread.run_sync`` under a bounded :class:`trio.CapacityLimiter`, with one
-pooled connection per concurrent call (no pool threads: connections are made on demand
-and closed when the backend closes). The LISTEN connection is driven from trio itself
-(``trio.lowlevel.wait_readable`` on its socket plus libpq's non-blocking
-``consume_input``), so the event loop never blocks.
+psycopg 3's async API is asyncio-only, so statements run psycopg's own non-blocking
+protocol generators driven from trio (``wait_readable``/``wait_writable`` on the
+socket, see :mod:`._pg_conn`): one pooled connection per concurrent call under a
+bounded :class:`trio.CapacityLimiter`, no thread per statement (a thread hand-off cost
+up to the GIL switch interval, 5 ms, per reply on a busy worker). Only opening a
+connection runs in ``trio.to_thread.run_sync``; connections are made on demand and
+closed when the backend closes. The LISTEN connection is driven from trio the same way,
+so the event loop never blocks.
 
 Design, in brief:
 
@@ -14,9 +16,11 @@ Design, in brief:
   in the contract's order (``order_key = eligible_at - priority * aging``, then the
   time-sortable id), each with a token from one sequence.
 * **Acks are coalesced**: concurrent ``ack`` calls in one process become one
-  ``UPDATE ... FROM unnest(...)`` per round trip; each caller still gets its own
-  outcome (``LeaseLost`` for a stale token). **Renewals** of all a worker's leases are
-  one statement.
+  ``UPDATE ... FROM unnest(...)`` per round trip (up to two batches in flight); each
+  caller still gets its own outcome (``LeaseLost`` for a stale token). **Renewals** of
+  all a worker's leases are one statement. Acks and renewals commit without waiting
+  for the WAL flush (losing one in a server crash only re-runs a task or ends a lease
+  early, which at-least-once allows); claims, pushes and other settles are durable.
 * **Wake-ups**: pushes (and retries, releases, resumes) ``NOTIFY`` a channel named
   after the schema; one listening connection per backend object fans the
   notifications out to waiting workers through ``trio.Event`` objects. Polling is only
@@ -38,7 +42,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
@@ -51,10 +55,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
 from ..core._codec import Codec, JsonCodec
-from ..core._errors import LeaseLost, PayloadTooLarge
+from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
 from . import _pg_sql as sql
-from ._memory import check_options
+from ._pg_conn import TrioConnection
+from ._producer import Producer, check_options
 
 __all__ = ["PostgresBackend", "PostgresStatistics", "redact_dsn"]
 
@@ -67,6 +72,8 @@ ENV_VAR = "TURRET_POSTGRES_URL"
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 # SQLSTATEs after which the statement may simply be run again on a fresh connection.
 _TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03", "55000"}
+# Ack batches flushed at once (each on its own connection).
+_ACK_FLIGHTS = 2
 
 
 def redact_dsn(dsn: str) -> str:
@@ -124,7 +131,17 @@ class PostgresStatistics:
 
 
 class _AckRequest:
-    __slots__ = ("error", "event", "expires", "finished", "now", "result", "task_id", "token")
+    __slots__ = (
+        "error",
+        "event",
+        "expires",
+        "finished",
+        "now",
+        "result",
+        "taken",
+        "task_id",
+        "token",
+    )
 
     def __init__(
         self, task_id: TaskId, token: int, result: bytes | None, expires: float | None, now: float
@@ -135,6 +152,7 @@ class _AckRequest:
         self.expires = expires
         self.now = now
         self.finished = False
+        self.taken = False  # in a batch being flushed
         self.error: BaseException | None = None
         self.event = trio.Event()
 
@@ -191,6 +209,25 @@ def _row_info(row: tuple[Any, ...], now: float) -> TaskInfo:
     )
 
 
+@asynccontextmanager
+async def _transaction(conn: TrioConnection) -> AsyncIterator[None]:
+    """``BEGIN`` ... ``COMMIT`` (``ROLLBACK`` on error) on an autocommit connection.
+
+    A body interrupted mid-statement leaves the connection unusable (it is then closed,
+    which rolls back), so the rollback is only attempted while the connection is
+    reusable.
+    """
+    await conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        if conn.reusable and not conn.broken:
+            with trio.CancelScope(shield=True):
+                await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+
+
 def _is_transient(exc: BaseException, conn: Conn | None) -> bool:
     """True when ``exc`` means "the connection broke" (or a retryable conflict)."""
     if not isinstance(exc, psycopg.Error):
@@ -205,7 +242,7 @@ def _is_transient(exc: BaseException, conn: Conn | None) -> bool:
     return False
 
 
-class PostgresBackend:
+class PostgresBackend(Producer):
     """Tasks in PostgreSQL, shared by any number of worker processes on any machines.
 
     Open it with ``async with`` (or :meth:`open`); every connection is closed on exit and
@@ -300,7 +337,7 @@ class PostgresBackend:
         self.max_ack_batch = max_ack_batch
         self.application_name = application_name
         self._limiter = trio.CapacityLimiter(max_connections)
-        self._free: list[Conn] = []
+        self._free: list[TrioConnection] = []
         self._connections = 0
         self._in_flight = 0
         self._open = False
@@ -310,7 +347,7 @@ class PostgresBackend:
         self._wakeups: dict[str, trio.Event] = {}
         self._listener: _Listener | None = None
         self._acks: list[_AckRequest] = []
-        self._ack_flushing = False
+        self._ack_flights = 0
         self._connection_errors = 0
         self._reconnects = 0
         self._ack_count = 0
@@ -410,8 +447,8 @@ class PostgresBackend:
                 async with self._limiter:  # every call has returned its connection
                     pass
                 free, self._free = self._free, []
-                if free:
-                    await trio.to_thread.run_sync(_close_all, free)
+                for conn in free:
+                    conn.close()
                 self._connections -= len(free)
         return False
 
@@ -462,21 +499,21 @@ class PostgresBackend:
             raise
         return conn
 
-    def _call(
-        self, fn: Callable[[Conn, bool], T], conn: Conn | None, box: list[Conn], retried: bool
-    ) -> T:
-        c = conn if conn is not None else self._connect()
-        box.append(c)
-        return fn(c, retried)
+    def _open_connection(self) -> TrioConnection:
+        return TrioConnection(self._connect())
 
     async def _run(
-        self, fn: Callable[[Conn, bool], T], *, retry: bool = True, shield: bool = False
+        self, fn: Callable[[TrioConnection, bool], Awaitable[T]], *, retry: bool = True
     ) -> T:
-        """Run ``fn(conn, retried)`` in a thread on a pooled connection.
+        """Run ``await fn(conn, retried)`` on a pooled connection, on trio.
 
-        A broken connection is dropped and the call retried on a fresh one with capped
-        exponential backoff (``retried`` is then True, so ``fn`` can recognise its own
-        earlier success when the first attempt committed but the reply was lost).
+        Statements are driven from the event loop (see :mod:`._pg_conn`); only making a
+        new connection runs in a thread. ``fn`` runs shielded from cancellation; a
+        connection left mid-statement or mid-transaction (an unexpected error) or broken
+        is closed, never pooled. A broken connection is replaced and the call retried
+        with capped exponential backoff (``retried`` is then True, so ``fn`` can
+        recognise its own earlier success when the first attempt committed but the
+        reply was lost).
         """
         if not self._open:
             raise RuntimeError(
@@ -489,28 +526,28 @@ class PostgresBackend:
             async with self._limiter:
                 conn = self._free.pop() if self._free else None
                 self._in_flight += 1
-                box: list[Conn] = []
                 try:
-                    result = await trio.to_thread.run_sync(self._call, fn, conn, box, failures > 0)
+                    if conn is None:
+                        conn = await trio.to_thread.run_sync(self._open_connection)
+                        self._connections += 1
+                        if failures:
+                            self._reconnects += 1
+                    # Once sent, a statement runs to its reply (as it did in a thread):
+                    # abandoning it could leave its effect applied unbeknown to the caller
+                    # (an ack flushed twice would report a false LeaseLost). Cancellation
+                    # takes effect at the caller's next checkpoint.
+                    with trio.CancelScope(shield=True):
+                        result = await fn(conn, failures > 0)
                 except BaseException as exc:
-                    used = box[0] if box else None
-                    if not isinstance(exc, psycopg.Error):
-                        # LeaseLost and friends: the connection itself is fine.
-                        if used is not None:
-                            if conn is None:
-                                self._connections += 1
-                            self._free.append(used)
-                        raise
-                    transient = _is_transient(exc, used)
-                    if used is not None:
-                        if used.broken or used.closed or transient:
-                            await trio.to_thread.run_sync(_close_all, [used])
-                            if conn is not None:
-                                self._connections -= 1
+                    transient = _is_transient(exc, None if conn is None else conn.conn)
+                    if conn is not None:
+                        if conn.idle and not transient:
+                            self._free.append(conn)  # LeaseLost and friends: it is fine
                         else:
-                            if conn is None:
-                                self._connections += 1
-                            self._free.append(used)
+                            conn.close()
+                            self._connections -= 1
+                    if not isinstance(exc, psycopg.Error):
+                        raise
                     if not (retry and transient):
                         if transient:
                             raise type(exc)(self._scrub(str(exc))) from None
@@ -525,11 +562,11 @@ class PostgresBackend:
                         failures,
                     )
                 else:
-                    if conn is None:
-                        self._connections += 1
-                        if failures:
-                            self._reconnects += 1
-                    self._free.append(box[0])
+                    if conn.idle:
+                        self._free.append(conn)
+                    else:  # fn left a transaction open (a bug): never pool that
+                        conn.close()
+                        self._connections -= 1
                     return result
                 finally:
                     self._in_flight -= 1
@@ -558,16 +595,12 @@ class PostgresBackend:
 
     # --- schema ---------------------------------------------------------------------
 
-    def _current_version(self, conn: Conn, retried: bool = False) -> int:
-        row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (f"{self._q}.migrations",)
-        ).fetchone()
-        if row is None or not row[0]:
+    async def _current_version(self, conn: TrioConnection, retried: bool = False) -> int:
+        rows = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self._q}.migrations",))
+        if not rows or not rows[0][0]:
             return 0
-        found = conn.execute(
-            self._s("SELECT coalesce(max(version), 0) FROM {s}.migrations")
-        ).fetchone()
-        return 0 if found is None else int(found[0])
+        found = await conn.execute(self._s("SELECT coalesce(max(version), 0) FROM {s}.migrations"))
+        return int(found[0][0]) if found else 0
 
     async def migrate(self) -> tuple[int, int]:
         """Create or upgrade the schema; return ``(version before, version after)``.
@@ -581,19 +614,19 @@ class PostgresBackend:
                 before, after = await backend.migrate()
         """
 
-        def migrate(conn: Conn, retried: bool) -> tuple[int, int]:
-            with conn.transaction():
-                conn.execute(
+        async def migrate(conn: TrioConnection, retried: bool) -> tuple[int, int]:
+            async with _transaction(conn):
+                await conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"turret:{self.schema}",)
                 )
-                conn.execute(self._s("CREATE SCHEMA IF NOT EXISTS {s}"))
-                conn.execute(
+                await conn.execute(self._s("CREATE SCHEMA IF NOT EXISTS {s}"))
+                await conn.execute(
                     self._s(
                         "CREATE TABLE IF NOT EXISTS {s}.migrations (version integer PRIMARY "
                         "KEY, applied_at timestamptz NOT NULL DEFAULT now())"
                     )
                 )
-                before = self._current_version(conn)
+                before = await self._current_version(conn)
                 if before > sql.SCHEMA_VERSION:
                     raise RuntimeError(
                         f"schema {self.schema!r} is at version {before}, newer than this "
@@ -601,8 +634,8 @@ class PostgresBackend:
                     )
                 for number in range(before, sql.SCHEMA_VERSION):
                     for statement in sql.MIGRATIONS[number]:
-                        conn.execute(self._s(statement))
-                    conn.execute(
+                        await conn.execute(self._s(statement))
+                    await conn.execute(
                         self._s("INSERT INTO {s}.migrations (version) VALUES (%s)"),
                         (number + 1,),
                     )
@@ -620,40 +653,7 @@ class PostgresBackend:
 
     # --- producing ------------------------------------------------------------------
 
-    async def push(
-        self,
-        args: Any,
-        *,
-        queue: str = "default",
-        priority: int = 0,
-        delay: float = 0.0,
-        max_attempts: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        unique_key: str | None = None,
-    ) -> TaskId:
-        job = Job(
-            args,
-            queue=queue,
-            priority=priority,
-            delay=delay,
-            max_attempts=max_attempts,
-            headers=dict(headers or {}),
-            unique_key=unique_key,
-        )
-        (task_id,) = await self.push_many([job])
-        return task_id
-
-    async def push_many(self, jobs: Iterable[Job]) -> list[TaskId]:
-        encoded: list[tuple[Job, bytes]] = []
-        for job in jobs:  # encode and validate everything before storing anything
-            payload = self._codec.encode(job.args)
-            if len(payload) > self.max_payload_bytes:
-                raise PayloadTooLarge(
-                    f"payload of {len(payload)} bytes exceeds max_payload_bytes="
-                    f"{self.max_payload_bytes}; store large data elsewhere and pass a "
-                    "reference, or raise the limit"
-                )
-            encoded.append((job, payload))
+    async def _store(self, encoded: Sequence[tuple[Job, bytes]]) -> list[TaskId]:
         if not encoded:
             return []
         now = self.now()
@@ -681,18 +681,18 @@ class PostgresBackend:
         push_sql = self._s(sql.PUSH)
         by_key_sql = self._s(sql.LIVE_BY_KEY)
 
-        def insert(conn: Conn, retried: bool) -> list[TaskId]:
+        async def insert(conn: TrioConnection, retried: bool) -> list[TaskId]:
             out = list(ids)
             inserted: set[str] = set()
             for _ in range(100):
-                row = conn.execute(push_sql, params).fetchone()
-                inserted.update(row[0] or () if row is not None else ())
+                rows = await conn.execute(push_sql, params)
+                inserted.update(rows[0][0] or () if rows else ())
                 # A job whose unique key is live returns that task's id instead (a
                 # retried call finds its own rows this way too).
                 waiting = {i: k for i, k in keys.items() if ids[i] not in inserted}
                 if not waiting:
                     return out
-                found = conn.execute(by_key_sql, (sorted(set(waiting.values())),)).fetchall()
+                found = await conn.execute(by_key_sql, (sorted(set(waiting.values())),))
                 live = {key: TaskId(task_id) for key, task_id in found}
                 if all(key in live for key in waiting.values()):
                     for i, key in waiting.items():
@@ -719,8 +719,8 @@ class PostgresBackend:
         statement = self._s("SELECT * FROM {s}.claim(%s, %s, %s, %s, %s, %s)")
         params = (queue, owner, limit, now, deadline, self.max_lost)
 
-        def claim(conn: Conn, retried: bool) -> list[tuple[Any, ...]]:
-            return conn.execute(statement, params).fetchall()
+        async def claim(conn: TrioConnection, retried: bool) -> list[tuple[Any, ...]]:
+            return await conn.execute(statement, params)
 
         rows = await self._run(claim)
         return [
@@ -756,11 +756,11 @@ class PostgresBackend:
         now = self.now()
         statement = self._s(sql.NEXT_DUE)
 
-        def next_due(conn: Conn, retried: bool) -> tuple[Any, ...] | None:
-            return conn.execute(statement, {"queue": queue}).fetchone()
+        async def next_due(conn: TrioConnection, retried: bool) -> tuple[Any, ...]:
+            rows = await conn.execute(statement, {"queue": queue})
+            return rows[0]
 
         row = await self._run(next_due)
-        assert row is not None
         paused, pending, scheduled, lease = row
         if paused:
             due: float | None = None  # only a resume (or the poll) makes work claimable
@@ -792,8 +792,8 @@ class PostgresBackend:
         }
         statement = self._s(sql.RENEW)
 
-        def renew(conn: Conn, retried: bool) -> list[tuple[Any, ...]]:
-            return conn.execute(statement, params).fetchall()
+        async def renew(conn: TrioConnection, retried: bool) -> list[tuple[Any, ...]]:
+            return await conn.execute(statement, params)
 
         rows = await self._run(renew)
         verdicts = {
@@ -801,16 +801,22 @@ class PostgresBackend:
         }
         return [verdicts.get((task_id, token), Renewal.LOST) for task_id, token in pairs]
 
-    def _lease_error(
-        self, conn: Conn, task_id: TaskId, token: int, now: float, retried: bool, done_state: str
+    async def _lease_error(
+        self,
+        conn: TrioConnection,
+        task_id: TaskId,
+        token: int,
+        now: float,
+        retried: bool,
+        done_state: str,
     ) -> LeaseLost | None:
         """Why a settle matched no row; ``None`` when it was our own earlier success."""
-        row = conn.execute(
+        rows = await conn.execute(
             self._s("SELECT state, token, deadline FROM {s}.tasks WHERE id = %s"), (task_id,)
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             return LeaseLost(f"task {task_id} is unknown to this backend")
-        state, current, deadline = row
+        state, current, deadline = rows[0]
         if retried and current == token and state == done_state:
             return None  # the first attempt committed; only its reply was lost
         if state != "leased" or current != token:
@@ -827,7 +833,7 @@ class PostgresBackend:
         self._acks.append(req)
         try:
             while not req.finished:
-                if self._ack_flushing:
+                if req.taken or self._ack_flights >= _ACK_FLIGHTS:
                     await req.event.wait()
                     req.event = trio.Event()
                     continue
@@ -840,20 +846,29 @@ class PostgresBackend:
             raise req.error
 
     async def _lead_acks(self, mine: _AckRequest) -> None:
-        """Flush queued acks (one statement per round trip) until ``mine`` is settled."""
-        self._ack_flushing = True
+        """Flush the queued acks (``mine`` among them, unless another flush took it).
+
+        Up to ``_ACK_FLIGHTS`` flushes run at once on separate connections, so acks
+        queued while one batch is in flight need not wait for its round trip.
+        """
+        self._ack_flights += 1
         batch: list[_AckRequest] = []
         try:
             await trio.lowlevel.checkpoint()  # let acks finishing right now join the batch
-            while not mine.finished:
-                batch = self._acks[: self.max_ack_batch]
-                del self._acks[: len(batch)]
+            batch = self._acks[: self.max_ack_batch]
+            del self._acks[: len(batch)]
+            for r in batch:
+                r.taken = True
+            if batch:
                 await self._flush_acks(batch)
-                batch = []
+            batch = []
         finally:
-            self._ack_flushing = False
+            self._ack_flights -= 1
             # Not flushed (cancelled while retrying): back in line for the next leader.
-            self._acks[:0] = [r for r in batch if not r.finished and r is not mine]
+            back = [r for r in batch if not r.finished and r is not mine]
+            for r in back:
+                r.taken = False
+            self._acks[:0] = back
             if self._acks:
                 self._acks[0].event.set()
 
@@ -867,10 +882,10 @@ class PostgresBackend:
         }
         statement = self._s(sql.ACK)
 
-        def flush(conn: Conn, retried: bool) -> dict[str, LeaseLost | None]:
-            done = {row[0] for row in conn.execute(statement, params).fetchall()}
+        async def flush(conn: TrioConnection, retried: bool) -> dict[str, LeaseLost | None]:
+            done = {row[0] for row in await conn.execute(statement, params)}
             return {
-                r.task_id: self._lease_error(conn, r.task_id, r.token, r.now, retried, "done")
+                r.task_id: await self._lease_error(conn, r.task_id, r.token, r.now, retried, "done")
                 for r in batch
                 if r.task_id not in done
             }
@@ -903,12 +918,12 @@ class PostgresBackend:
     ) -> tuple[Any, ...]:
         statement = self._s(template)
 
-        def settle(conn: Conn, retried: bool) -> tuple[Any, ...]:
-            row = conn.execute(statement, params).fetchone()
-            if row is not None:
-                return tuple(row)
+        async def settle(conn: TrioConnection, retried: bool) -> tuple[Any, ...]:
+            rows = await conn.execute(statement, params)
+            if rows:
+                return tuple(rows[0])
             for state in done_states:
-                error = self._lease_error(conn, task_id, token, now, retried, state)
+                error = await self._lease_error(conn, task_id, token, now, retried, state)
                 if error is None:
                     return ()
             assert error is not None
@@ -951,8 +966,9 @@ class PostgresBackend:
         now = self.now()
         statement = self._s(f"SELECT {sql.COLUMNS} FROM {{s}}.tasks WHERE id = %s")
 
-        def get(conn: Conn, retried: bool) -> tuple[Any, ...] | None:
-            return conn.execute(statement, (task_id,)).fetchone()
+        async def get(conn: TrioConnection, retried: bool) -> tuple[Any, ...] | None:
+            rows = await conn.execute(statement, (task_id,))
+            return rows[0] if rows else None
 
         row = await self._run(get)
         return None if row is None else _row_info(row, now)
@@ -960,8 +976,8 @@ class PostgresBackend:
     async def cancel(self, task_id: TaskId, *, reason: str = "cancel requested") -> bool:
         statement = self._s(sql.CANCEL)
 
-        def cancel(conn: Conn, retried: bool) -> bool:
-            return conn.execute(statement, {"id": task_id, "reason": reason}).fetchone() is not None
+        async def cancel(conn: TrioConnection, retried: bool) -> bool:
+            return bool(await conn.execute(statement, {"id": task_id, "reason": reason}))
 
         return await self._run(cancel)
 
@@ -972,9 +988,9 @@ class PostgresBackend:
             + "SELECT count(*) FROM moved"
         )
 
-        def reclaim(conn: Conn, retried: bool) -> int:
-            row = conn.execute(statement, {"now": now, "max_lost": self.max_lost}).fetchone()
-            return 0 if row is None else int(row[0])
+        async def reclaim(conn: TrioConnection, retried: bool) -> int:
+            rows = await conn.execute(statement, {"now": now, "max_lost": self.max_lost})
+            return int(rows[0][0]) if rows else 0
 
         return await self._run(reclaim)
 
@@ -984,8 +1000,8 @@ class PostgresBackend:
         statement = self._s(sql.SET_PAUSED)
         params = {"queue": queue, "paused": paused, "channel": self.channel}
 
-        def pause(conn: Conn, retried: bool) -> None:
-            conn.execute(statement, params)
+        async def pause(conn: TrioConnection, retried: bool) -> None:
+            await conn.execute(statement, params)
 
         await self._run(pause)
         if not paused:
@@ -1004,8 +1020,8 @@ class PostgresBackend:
             "ORDER BY id LIMIT %s"
         )
 
-        def dead(conn: Conn, retried: bool) -> list[tuple[Any, ...]]:
-            return conn.execute(statement, (queue, limit)).fetchall()
+        async def dead(conn: TrioConnection, retried: bool) -> list[tuple[Any, ...]]:
+            return await conn.execute(statement, (queue, limit))
 
         return [_row_info(r, now) for r in await self._run(dead)]
 
@@ -1018,11 +1034,11 @@ class PostgresBackend:
         statement = self._s(sql.REPLAY_ONE)
         notify = "SELECT pg_notify(%s, q) FROM unnest(%s::text[]) AS q"
 
-        def replay(conn: Conn, retried: bool) -> list[tuple[TaskId, str]]:
+        async def replay(conn: TrioConnection, retried: bool) -> list[tuple[TaskId, str]]:
             out: list[tuple[TaskId, str]] = []
-            with conn.transaction():
+            async with _transaction(conn):
                 for task_id in ids:
-                    row = conn.execute(
+                    rows = await conn.execute(
                         statement,
                         {
                             "id": task_id,
@@ -1030,11 +1046,11 @@ class PostgresBackend:
                             "run_at": run_at,
                             "aging": self.aging,
                         },
-                    ).fetchone()
-                    if row is not None:
-                        out.append((TaskId(task_id), row[0]))
+                    )
+                    if rows:
+                        out.append((TaskId(task_id), rows[0][0]))
                 if out:
-                    conn.execute(notify, (self.channel, sorted({q for _, q in out})))
+                    await conn.execute(notify, (self.channel, sorted({q for _, q in out})))
             return out
 
         replayed = await self._run(replay)
@@ -1047,9 +1063,11 @@ class PostgresBackend:
         statement = self._s(sql.STATS)
         paused_sql = self._s("SELECT name FROM {s}.queues WHERE paused")
 
-        def stats(conn: Conn, retried: bool) -> tuple[list[tuple[Any, ...]], set[str]]:
-            rows = conn.execute(statement, {"now": now}).fetchall()
-            paused = {r[0] for r in conn.execute(paused_sql).fetchall()}
+        async def stats(
+            conn: TrioConnection, retried: bool
+        ) -> tuple[list[tuple[Any, ...]], set[str]]:
+            rows = await conn.execute(statement, {"now": now})
+            paused = {r[0] for r in await conn.execute(paused_sql)}
             return rows, paused
 
         rows, paused = await self._run(stats)
@@ -1073,11 +1091,6 @@ class PostgresBackend:
             )
             for queue in sorted(set(counts) | paused)
         ]
-
-
-def _close_all(conns: list[Conn]) -> None:
-    for conn in conns:
-        conn.close()
 
 
 class _Listener:

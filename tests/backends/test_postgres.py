@@ -263,3 +263,57 @@ def test_import_without_psycopg() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("ok") and "turret[postgres]" in out.stdout
+
+
+async def test_statement_runs_to_its_reply_when_cancelled(dsn: str, schema: str) -> None:
+    # A statement blocked on a row lock is not abandoned by cancellation: it completes
+    # (its effect is never applied behind the caller's back) and its connection stays
+    # pooled; the backend keeps working. No thread runs the statement.
+    async with PostgresBackend.open(dsn, schema=schema) as backend:
+        task_id = await backend.push("x")
+        locked, release = trio.Event(), trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def hold_lock() -> None:
+            with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+                conn.execute(f'SELECT 1 FROM "{schema}".tasks WHERE id = %s FOR UPDATE', (task_id,))
+                trio.from_thread.run_sync(locked.set, trio_token=token)
+                trio.from_thread.run(release.wait, trio_token=token)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, hold_lock)
+            await locked.wait()
+            connections = backend.statistics().connections
+            start = trio.current_time()
+            nursery.start_soon(_release_later, release)
+            with trio.move_on_after(0.1):
+                assert await backend.cancel(task_id, reason="stop")
+            assert trio.current_time() - start >= 0.25  # waited for the reply
+        info = await backend.get_task(task_id)
+        assert info is not None and info.state is TaskState.DEAD
+        stats = backend.statistics()
+        assert stats.connections == connections and stats.calls_in_flight == 0
+
+
+async def _release_later(release: trio.Event) -> None:
+    await trio.sleep(0.3)
+    release.set()
+
+
+async def test_acks_commit_asynchronously_only_for_themselves(dsn: str, schema: str) -> None:
+    async with PostgresBackend.open(dsn, schema=schema, max_connections=1) as backend:
+        await backend.push_many([Job(i) for i in range(3)])
+        tasks = await backend.claim("default", owner="w", limit=3, lease_ttl=30)
+        for t in tasks:
+            assert t.ctx.lease is not None
+            await backend.ack(t.id, t.ctx.lease.token)
+        assert await backend.renew([], lease_ttl=30) == []
+
+        async def setting(conn: Any, retried: bool) -> Any:
+            return (await conn.execute("SHOW synchronous_commit"))[0][0]
+
+        # One pooled connection: the ack ran on it, and the setting did not leak.
+        assert await backend._run(setting) == "on"
+        for t in tasks:
+            info = await backend.get_task(t.id)
+            assert info is not None and info.state is TaskState.DONE
