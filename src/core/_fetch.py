@@ -87,6 +87,9 @@ class Fetcher:
         if not self._leading:
             self._leading = True
             try:
+                # Let the slots freed in the same scheduler batch join this round, so they
+                # share one claim instead of a claim of 1 followed by a claim of the rest.
+                await trio.lowlevel.checkpoint()
                 if not self._waiting:  # fast path: a round of one (the usual case when busy)
                     with self.context._backend_call():
                         tasks = await self.backend.claim(
