@@ -367,15 +367,16 @@ async def test_event_order_for_one_task() -> None:
             raise ValueError("first try fails")
         return n
 
-    await backend.push(1)
-    worker = (
+    # The builder is a reusable, immutable template: one worker per run.
+    builder = (
         WorkerBuilder("w")
         .backend(backend)
         .concurrency(1)
         .on_event(collect(events))
         .backoff(turret.ExponentialBackoff(base=0.01, jitter=False))
-        .build(handler)
     )
+    await backend.push(1)
+    worker = builder.build(handler)
     await worker.run_until(after(0.05))
     names = [type(e).__name__ for e in events if not isinstance(e, turret.Heartbeat)]
     assert names[0] == "WorkerStarted"
@@ -384,14 +385,7 @@ async def test_event_order_for_one_task() -> None:
 
     events.clear()
     await backend.push(2)
-    worker = (
-        WorkerBuilder("w")
-        .backend(backend)
-        .concurrency(1)
-        .on_event(collect(events))
-        .backoff(turret.ExponentialBackoff(base=0.01, jitter=False))
-        .build(handler)
-    )
+    worker = builder.build(handler)
     await worker.run_until(after(0.1))
     task_events = [e for e in events if hasattr(e, "task")]
     assert [type(e).__name__ for e in task_events] == [
