@@ -64,6 +64,11 @@ class Service(Protocol[Req_contra, Res_co]):
     one call and holds that reservation until it exits. The default is always ready;
     subclass ``Service`` explicitly to inherit it.
 
+    A worker enters the reservation in its loop task and exits it in the task that runs
+    the call, so a ``ready()`` must not open a cancel scope or a nursery across its
+    ``__aenter__``/``__aexit__`` (a token-based ``trio.CapacityLimiter``, an event or a
+    counter is fine; see :class:`~turret.layers.ConcurrencyLimitLayer`).
+
     Example::
 
         class Echo(turret.Service[str, str]):
