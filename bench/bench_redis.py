@@ -4,8 +4,9 @@ Workloads (each under a fresh key prefix / queue name, deleted afterwards):
 
 * throughput: 20 000 no-op tasks, concurrency 100, with 1 and 2 worker processes
   (turret: tasks pushed to a paused queue, workers start and go idle, the clock starts
-  at resume; peers: workers started and idle, the clock starts when the tasks are
-  pushed, and stops when all are done);
+  at resume and stops when all are acked; peers, 1 process only: the tasks are
+  enqueued first, the clock starts when the worker is started and stops when the
+  handler has run for all of them -- see ``_redis_peers.py``);
 * latency: enqueue-to-start p50/p99 of 300 tasks pushed one at a time to idle workers;
 * sleep: 2000 tasks sleeping 10 ms at concurrency 100 (ideal 0.2 s).
 
@@ -228,6 +229,8 @@ def main(which: str = "all") -> int:
     if which == "all":
         for peer in PEERS:
             results[peer] = peer_results(peer)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} CPUs")
     print(
         f"Redis: no-op throughput ({N_THROUGHPUT} tasks, concurrency {CONCURRENCY}), "
         f"latency ({N_LATENCY} tasks to idle workers), sleep ({N_SLEEP} x 10 ms, ideal 0.2 s)"

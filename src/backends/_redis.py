@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import time
-import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -54,6 +53,8 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
 
 _PUSH_CHUNK = 1000  # jobs per script call (one pipeline, one round trip)
 _SETTLE_CHUNK = 500  # settles per script call
+#: How long a short claim's next-due hint stands in for a NEXT_DUE call (seconds).
+_HINT_FRESH = 0.05
 
 
 def redact_url(url: str) -> str:
@@ -245,9 +246,9 @@ class RedisBackend(Producer):
         # wake-ups: one event and one generation counter per queue
         self._events: dict[str, trio.Event] = defaultdict(trio.Event)
         self._gen: dict[str, int] = defaultdict(int)
-        self._seen: weakref.WeakKeyDictionary[trio.lowlevel.Task, tuple[str, int]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # per queue, from its latest short claim: the wake-up generation when that claim
+        # started, when it returned (monotonic), and its next-due hint
+        self._quiet: dict[str, tuple[int, float, bytes | str]] = {}
         # settle batching
         self._settles: list[_Settle] = []
         self._settle_ready = trio.Event()
@@ -443,10 +444,18 @@ class RedisBackend(Producer):
 
     async def wait_for_work(self, queue: str) -> None:
         event = self._events[queue]
-        seen = self._seen.get(trio.lowlevel.current_task())
-        if seen is not None and seen[0] == queue and seen[1] != self._gen[queue]:
-            return  # woken between this task's last claim and now
-        raw = await self._script("NEXT_DUE", [queue])
+        quiet = self._quiet.get(queue)
+        if quiet is not None and quiet[0] != self._gen[queue]:
+            # Woken since the latest short claim started: what the wake-up announced
+            # may not have been claimed yet (whichever task claimed; the worker loop
+            # waits, its slots claim). Otherwise that claim, which ran after every
+            # announced push, found nothing due, so blocking misses no work.
+            await trio.lowlevel.checkpoint()
+            return
+        if quiet is not None and time.monotonic() - quiet[1] <= _HINT_FRESH:
+            raw = quiet[2]  # the claim's own NEXT_DUE: no round trip before blocking
+        else:
+            raw = await self._script("NEXT_DUE", [queue])
         span = math.inf
         if raw:
             span = max(0.0, float(_s(raw)) - self.now())
@@ -506,7 +515,7 @@ class RedisBackend(Producer):
     async def claim(
         self, queue: str, *, owner: str, limit: int, lease_ttl: float
     ) -> list[Task[bytes]]:
-        self._seen[trio.lowlevel.current_task()] = (queue, self._gen[queue])
+        gen = self._gen[queue]
         now = self.now()
         deadline = now + lease_ttl
         raw = await self._script(
@@ -521,8 +530,10 @@ class RedisBackend(Producer):
                 os.urandom(8).hex(),  # the nonce: a retried call is the same claim
             ],
         )
+        if len(raw) % 9:  # a short claim: NEXT_DUE's answer follows the tasks
+            self._quiet[queue] = (gen, time.monotonic(), raw[-1])
         out: list[Task[bytes]] = []
-        for i in range(0, len(raw), 9):
+        for i in range(0, len(raw) - 8, 9):
             tid, args, attempt, max_attempts, priority, run_at, enq, headers, token = raw[i : i + 9]
             ctx = TaskContext(
                 id=TaskId(_s(tid)),

@@ -119,6 +119,22 @@ local function reclaim_queue(q, now, nows, max_lost, limit)
   return n
 end
 
+-- "" when nothing is due later (or paused), else the earliest of the first scheduled
+-- run_at and the first lease deadline
+local function next_due(q)
+  if redis.call('EXISTS', qkey(q, 'paused')) == 1 then return '' end
+  local best = nil
+  for _, s in ipairs({'scheduled', 'leases'}) do
+    local first = redis.call('ZRANGE', qkey(q, s), 0, 0, 'WITHSCORES')
+    if first[2] then
+      local v = tonumber(first[2])
+      if best == nil or v < best then best = v end
+    end
+  end
+  if best == nil then return '' end
+  return fmt(best)
+end
+
 local function promote(q, nows)
   local sk = qkey(q, 'scheduled')
   local ids = redis.call('ZRANGEBYSCORE', sk, '-inf', nows, 'LIMIT', 0, 1000)
@@ -184,9 +200,11 @@ return out
 # ARGV: P, queue, owner, limit, now, deadline, max_lost, nonce. Reclaims expired
 # leases, promotes due scheduled tasks, then leases up to ``limit`` tasks in order.
 # Returns 9 values per task: id, args, attempt, max_attempts, priority, run_at,
-# enqueued_at, headers, token. The call's leases are remembered under its nonce for a
-# minute: a call retried after a lost reply gets the same tasks back (those still
-# leased to it) instead of leaving them leased to nobody until their leases expire.
+# enqueued_at, headers, token; when it leases fewer than ``limit`` (a short claim), one
+# more value follows: NEXT_DUE's answer ("" or the next due time), so the caller can
+# go idle without another round trip. The call's leases are remembered under its nonce
+# for a minute: a call retried after a lost reply gets the same tasks back (those still
+# leased to it, without the trailing value) instead of leaving them leased to nobody.
 CLAIM = (
     PRELUDE
     + r"""
@@ -213,22 +231,41 @@ end
 reclaim_queue(q, now, nows, tonumber(ARGV[7]), 1000)
 promote(q, nows)
 publish()
-if redis.call('EXISTS', qkey(q, 'paused')) == 1 then return {} end
+if redis.call('EXISTS', qkey(q, 'paused')) == 1 then return {''} end
 local pk, lk = qkey(q, 'pending'), qkey(q, 'leases')
-local ids = redis.call('ZRANGE', pk, 0, limit - 1)
+local popped = {}
+if limit > 0 then popped = redis.call('ZPOPMIN', pk, limit) end  -- id, order, ...
+local n = #popped / 2
 local out = {}
-for _, id in ipairs(ids) do
-  redis.call('ZREM', pk, id)
-  local tk = tkey(id)
-  local tok = redis.call('INCR', P .. 'token')
-  redis.call('HINCRBY', tk, 'n', 1)
-  redis.call('HSET', tk, 's', 'leased', 't', tok, 'w', owner, 'd', deadline)
-  redis.call('HDEL', tk, 'st')
-  redis.call('ZADD', lk, deadline, id)
-  row(out, id, tok)
-  redis.call('RPUSH', ck, id, tok)
+if n > 0 then
+  -- one block of n tokens (what n INCRs would give), and the leases and the claim
+  -- log written in bulk: 3 calls per task instead of 8
+  local first = redis.call('INCRBY', P .. 'token', n) - n
+  local leases, log = {}, {}
+  for j = 1, n do
+    local id, tok = popped[2 * j - 1], first + j
+    local tk = tkey(id)
+    local f = redis.call('HMGET', tk, 'a', 'n', 'm', 'p', 'r', 'e', 'h')
+    local attempt = tonumber(f[2]) + 1
+    redis.call('HSET', tk, 'n', attempt, 's', 'leased', 't', tok, 'w', owner, 'd', deadline)
+    redis.call('HDEL', tk, 'st')
+    out[#out + 1] = id
+    out[#out + 1] = f[1]
+    out[#out + 1] = attempt
+    for k = 3, 7 do out[#out + 1] = f[k] end
+    out[#out + 1] = tok
+    leases[#leases + 1] = deadline
+    leases[#leases + 1] = id
+    log[#log + 1] = id
+    log[#log + 1] = tok
+  end
+  for j = 1, #leases, 2000 do
+    redis.call('ZADD', lk, unpack(leases, j, math.min(j + 1999, #leases)))
+    redis.call('RPUSH', ck, unpack(log, j, math.min(j + 1999, #log)))
+  end
+  redis.call('PEXPIRE', ck, 60000)
 end
-if #out > 0 then redis.call('PEXPIRE', ck, 60000) end
+if n < limit then out[#out + 1] = next_due(q) end
 return out
 """
 )
@@ -412,18 +449,7 @@ return out
 NEXT_DUE = (
     PRELUDE
     + r"""
-local q = ARGV[2]
-if redis.call('EXISTS', qkey(q, 'paused')) == 1 then return '' end
-local best = nil
-for _, s in ipairs({'scheduled', 'leases'}) do
-  local first = redis.call('ZRANGE', qkey(q, s), 0, 0, 'WITHSCORES')
-  if first[2] then
-    local v = tonumber(first[2])
-    if best == nil or v < best then best = v end
-  end
-end
-if best == nil then return '' end
-return fmt(best)
+return next_due(ARGV[2])
 """
 )
 
