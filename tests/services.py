@@ -25,6 +25,12 @@ PG_URL = os.environ.get("TURRET_TEST_POSTGRES_URL", "postgresql://postgres@127.0
 REDIS_URL = os.environ.get("TURRET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+#: The URLs chosen for this session ("postgres", "redis"), filled by the session fixture
+#: in tests/backends/conftest.py, so kits built outside fixtures use the same servers.
+RESOLVED: dict[str, str] = {}
+#: Why a server could not be had this session, for the kits' skip lines.
+UNAVAILABLE: dict[str, str] = {}
+
 
 def reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
@@ -51,8 +57,14 @@ def postgres_dsn(request: pytest.FixtureRequest) -> str:
         pytest.fail(f"PostgreSQL is not reachable at {PG_URL}; CI must provide it (CI=true)")
     if pg_ctl() is None:
         pytest.skip(f"PostgreSQL tests skipped: nothing at {PG_URL} and no pg_ctl to start one")
-    proc = request.getfixturevalue("turret_postgresql_proc")
-    return f"postgresql://{proc.user}@{proc.host}:{proc.port}/{proc.dbname}"
+    try:
+        proc = request.getfixturevalue("turret_postgresql_proc")
+    except Exception as exc:  # e.g. initdb refuses to run as root
+        pytest.skip(
+            f"PostgreSQL tests skipped: no server at {PG_URL}, and a throwaway one "
+            f"could not start: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        )
+    return f"postgresql://{proc.user}@{proc.host}:{proc.port}/postgres"
 
 
 def redis_url(request: pytest.FixtureRequest) -> str:
@@ -62,5 +74,11 @@ def redis_url(request: pytest.FixtureRequest) -> str:
         pytest.fail(f"Redis is not reachable at {REDIS_URL}; CI must provide it (CI=true)")
     if shutil.which("redis-server") is None:
         pytest.skip(f"Redis tests skipped: nothing at {REDIS_URL} and no redis-server to start one")
-    proc = request.getfixturevalue("turret_redis_proc")
+    try:
+        proc = request.getfixturevalue("turret_redis_proc")
+    except Exception as exc:
+        pytest.skip(
+            f"Redis tests skipped: no server at {REDIS_URL}, and a throwaway one "
+            f"could not start: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        )
     return f"redis://{proc.host}:{proc.port}/0"

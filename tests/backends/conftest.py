@@ -27,6 +27,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests import services
 from turret import Backend
 from turret.backends import MemoryBackend, SqliteBackend
 
@@ -88,6 +89,22 @@ from tests.backends.postgres_kit import PostgresKit  # noqa: E402
 
 KITS["postgres"] = PostgresKit
 # --- end PostgreSQL -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers(request: pytest.FixtureRequest) -> None:
+    """Pick the PostgreSQL and Redis servers once (tests/services.py policy).
+
+    A reachable server is used; in CI a missing one fails; otherwise a throwaway one is
+    started when the binaries exist. Kits read ``services.RESOLVED``, so the model test,
+    which builds kits itself, uses the same servers. A server that cannot be had is left
+    out here; its kit then skips (or fails in CI) with the reason.
+    """
+    for name, resolve in (("postgres", services.postgres_dsn), ("redis", services.redis_url)):
+        try:
+            services.RESOLVED[name] = resolve(request)
+        except pytest.skip.Exception as exc:
+            services.UNAVAILABLE[name] = str(exc.msg)
 
 
 @pytest.fixture(params=sorted(KITS))

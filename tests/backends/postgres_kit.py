@@ -54,11 +54,17 @@ atexit.register(drop_session_schemas)
 def postgres_test_dsn() -> str:
     """The server the tests use (tests/services.py policy), or skip / fail."""
     pytest.importorskip("psycopg")
+    if "postgres" in services.RESOLVED:
+        return services.RESOLVED["postgres"]
     if services.reachable(services.PG_URL, 5432):
         return services.PG_URL
     if services.IN_CI:
         pytest.fail(f"PostgreSQL is not reachable at {services.PG_URL}; CI must provide it")
-    pytest.skip(f"PostgreSQL tests skipped: nothing at {services.PG_URL}")
+    pytest.skip(
+        services.UNAVAILABLE.get(
+            "postgres", f"PostgreSQL tests skipped: nothing at {services.PG_URL}"
+        )
+    )
 
 
 class PostgresKit:

@@ -27,8 +27,8 @@ _used = False
 
 
 def _purge_session_keys() -> None:
-    if not _used:
-        return
+    if not _used or services.RESOLVED.get("redis") != services.REDIS_URL:
+        return  # nothing written, or a throwaway server that took its keys with it
     from turret.backends import RedisBackend
 
     async def purge() -> None:
@@ -46,11 +46,15 @@ atexit.register(_purge_session_keys)
 
 def redis_test_url() -> str:
     """The server the tests use (tests/services.py policy), or skip / fail."""
+    if "redis" in services.RESOLVED:
+        return services.RESOLVED["redis"]
     if services.reachable(services.REDIS_URL, 6379):
         return services.REDIS_URL
     if services.IN_CI:
         pytest.fail(f"Redis is not reachable at {services.REDIS_URL}; CI must provide it")
-    pytest.skip(f"Redis tests skipped: nothing at {services.REDIS_URL}")
+    pytest.skip(
+        services.UNAVAILABLE.get("redis", f"Redis tests skipped: nothing at {services.REDIS_URL}")
+    )
 
 
 class RedisKit:
