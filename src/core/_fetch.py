@@ -61,6 +61,10 @@ class Fetcher:
         self._waiting: list[_Slot] = []
         self._leading = False
         self._closed = False
+        # After a wake-up, the first slot claims alone and the loop waits for that round
+        # before reserving more: the first task starts without waiting for every free
+        # slot to be reserved and spawned (a latency of ~2 ms at concurrency 100).
+        self._probe: trio.Event | None = None
         #: True after a claim found fewer tasks than asked for, until new work is signalled.
         self.idle = False
 
@@ -71,6 +75,8 @@ class Fetcher:
     async def wait_for_work(self) -> None:
         """Return at once unless the queue was found empty; then wait (holding nothing)
         for the backend's wake-up or the poll interval."""
+        if self._probe is not None:
+            await self._probe.wait()
         if not self.idle:
             return
         with (
@@ -79,9 +85,21 @@ class Fetcher:
         ):
             await self.backend.wait_for_work(self.queue)
         self.idle = False
+        self._probe = trio.Event()
+
+    def _end_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.set()
+            self._probe = None
 
     async def next(self) -> Task[bytes] | None:
         """A task for this reserved slot, or ``None`` (none due, paused, or closed)."""
+        try:
+            return await self._next()
+        finally:
+            self._end_probe()  # this slot's round is over, whatever happened
+
+    async def _next(self) -> Task[bytes] | None:
         if self._closed or self.context.paused:
             return None
         if not self._leading:

@@ -71,9 +71,11 @@ async def test_connections_killed_mid_run_lose_nothing(dsn: str, schema: str) ->
     app = f"turret-kill-{os.urandom(4).hex()}"
     n = 400
     seen: dict[str, int] = {}
+    killed_enough = trio.Event()  # tasks finish only after three kills: they land mid-run
 
     async def handler(i: int, ctx: TaskContext) -> int:
         seen[ctx.id] = seen.get(ctx.id, 0) + 1
+        await killed_enough.wait()
         await trio.sleep(0.005)
         return i
 
@@ -103,6 +105,8 @@ async def test_connections_killed_mid_run_lose_nothing(dsn: str, schema: str) ->
                         break
                     if kills < 6:
                         kills += await terminate(dsn, app) > 0
+                    if kills >= 3:
+                        killed_enough.set()
                     await trio.sleep(0.1)
             for w in workers:
                 w.context.stop()

@@ -61,8 +61,10 @@ async def test_connections_killed_mid_run_lose_nothing(url: str, backend: RedisB
     n = 3000
     done: set[int] = set()
     all_done = trio.Event()
+    killed_enough = trio.Event()  # tasks finish only after three kills: they land mid-run
 
     async def handler(i: int) -> None:
+        await killed_enough.wait()
         await trio.sleep(0.001)
         done.add(i)
         if len(done) == n:
@@ -80,6 +82,8 @@ async def test_connections_killed_mid_run_lose_nothing(url: str, backend: RedisB
             while not all_done.is_set():
                 await trio.sleep(0.05)
                 kills += await _kill_connections(admin, backend.client_name)
+                if kills >= 3:
+                    killed_enough.set()
             worker.context.stop()
     assert kills >= 3
     assert done == set(range(n))
