@@ -11,10 +11,10 @@ import attrs
 import trio
 
 from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
-from ..core._codec import Codec, JsonCodec
+from ..core._codec import Codec
 from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
-from ._producer import Producer, check_options
+from ._producer import Producer
 
 
 async def _cancel_point() -> None:
@@ -135,20 +135,15 @@ class MemoryBackend(Producer):
         max_lost: int = 3,
         result_ttl: float | None = 7 * 86400.0,
     ) -> None:
-        check_options(
+        self._configure(
+            codec=codec,
+            clock=clock,
             default_max_attempts=default_max_attempts,
             max_payload_bytes=max_payload_bytes,
             aging=aging,
             max_lost=max_lost,
             result_ttl=result_ttl,
         )
-        self._codec = codec if codec is not None else JsonCodec()
-        self._clock = clock
-        self.default_max_attempts = default_max_attempts
-        self.max_payload_bytes = max_payload_bytes
-        self.aging = aging
-        self.max_lost = max_lost
-        self.result_ttl = result_ttl
         self._tasks: dict[TaskId, StoredTask] = {}
         self._queues: dict[str, _Queue] = defaultdict(_Queue)
         self._unique: dict[str, TaskId] = {}
@@ -156,13 +151,6 @@ class MemoryBackend(Producer):
 
     def __repr__(self) -> str:
         return f"<MemoryBackend tasks={len(self._tasks)}>"
-
-    @property
-    def codec(self) -> Codec:
-        return self._codec
-
-    def now(self) -> float:
-        return self._clock()
 
     # --- producing ------------------------------------------------------------------
 

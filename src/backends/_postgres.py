@@ -54,12 +54,12 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 
 from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
-from ..core._codec import Codec, JsonCodec
+from ..core._codec import Codec
 from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
 from . import _pg_sql as sql
 from ._pg_conn import TrioConnection
-from ._producer import Producer, check_options
+from ._producer import Producer
 
 __all__ = ["PostgresBackend", "PostgresStatistics", "redact_dsn"]
 
@@ -292,7 +292,9 @@ class PostgresBackend(Producer):
                 raise ValueError(
                     f"no PostgreSQL DSN: pass PostgresBackend(dsn=...) or set {ENV_VAR}"
                 )
-        check_options(
+        self._configure(
+            codec=codec,
+            clock=clock,
             default_max_attempts=default_max_attempts,
             max_payload_bytes=max_payload_bytes,
             aging=aging,
@@ -322,13 +324,6 @@ class PostgresBackend(Producer):
         self.schema = schema
         self._q = f'"{schema}"'
         self.channel = f"turret_wake_{schema}"
-        self._codec = codec if codec is not None else JsonCodec()
-        self._clock = clock
-        self.default_max_attempts = default_max_attempts
-        self.max_payload_bytes = max_payload_bytes
-        self.aging = aging
-        self.max_lost = max_lost
-        self.result_ttl = result_ttl
         self.poll_interval = poll_interval
         self.migrate_on_open = migrate
         self.listen = listen
@@ -357,13 +352,6 @@ class PostgresBackend(Producer):
     def __repr__(self) -> str:
         state = "open" if self._open else ("closed" if self._closed else "new")
         return f"<PostgresBackend {self.dsn!r} schema={self.schema!r} {state}>"
-
-    @property
-    def codec(self) -> Codec:
-        return self._codec
-
-    def now(self) -> float:
-        return self._clock()
 
     def _s(self, template: str) -> str:
         """A statement template with the schema filled in (cached)."""

@@ -7,11 +7,11 @@ size check, the PRODUCER span and the W3C ``traceparent`` header) are written on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..core._backend import Job
-from ..core._codec import Codec
+from ..core._codec import Codec, JsonCodec
 from ..core._errors import PayloadTooLarge
 from ..core._task import TaskId
 from ..observability._propagation import traced_send
@@ -25,15 +25,56 @@ class Producer:
     Example (a backend)::
 
         class MyBackend(Producer):
+            def __init__(self, *, codec=None, clock=time.time, ...) -> None:
+                self._configure(codec=codec, clock=clock, ...)  # the shared options
+
             async def _store(self, encoded: Sequence[tuple[Job, bytes]]) -> list[TaskId]:
                 ...  # one transaction for the whole batch
     """
 
+    _codec: Codec
+    _clock: Callable[[], float]
+    default_max_attempts: int
     max_payload_bytes: int
+    aging: float
+    max_lost: int
+    result_ttl: float | None
+
+    def _configure(
+        self,
+        *,
+        codec: Codec | None,
+        clock: Callable[[], float],
+        default_max_attempts: int,
+        max_payload_bytes: int,
+        aging: float,
+        max_lost: int,
+        result_ttl: float | None,
+    ) -> None:
+        """Validate and keep the options every backend shares (from its ``__init__``)."""
+        check_options(
+            default_max_attempts=default_max_attempts,
+            max_payload_bytes=max_payload_bytes,
+            aging=aging,
+            max_lost=max_lost,
+            result_ttl=result_ttl,
+        )
+        self._codec = codec if codec is not None else JsonCodec()
+        self._clock = clock
+        self.default_max_attempts = default_max_attempts
+        self.max_payload_bytes = max_payload_bytes
+        self.aging = aging
+        self.max_lost = max_lost
+        self.result_ttl = result_ttl
 
     @property
     def codec(self) -> Codec:
-        raise NotImplementedError
+        """How payloads and results are encoded (JSON unless the backend was given one)."""
+        return self._codec
+
+    def now(self) -> float:
+        """The backend's clock, in seconds (what ``run_at`` and lease deadlines use)."""
+        return self._clock()
 
     async def push(
         self,

@@ -27,11 +27,11 @@ from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 
 from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
-from ..core._codec import Codec, JsonCodec
+from ..core._codec import Codec
 from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
 from . import _redis_lua as lua
-from ._producer import Producer, check_options
+from ._producer import Producer
 
 __all__ = ["DEFAULT_REDIS_URL", "RedisBackend", "RedisStatistics", "redact_url"]
 
@@ -209,7 +209,9 @@ class RedisBackend(Producer):
         max_connections: int = 16,
         client_name: str = "turret",
     ) -> None:
-        check_options(
+        self._configure(
+            codec=codec,
+            clock=clock,
             default_max_attempts=default_max_attempts,
             max_payload_bytes=max_payload_bytes,
             aging=aging,
@@ -224,13 +226,6 @@ class RedisBackend(Producer):
             raise ValueError(f"reconnect_timeout must be >= 0 seconds, got {reconnect_timeout}")
         self._url = url or os.environ.get("TURRET_REDIS_URL") or DEFAULT_REDIS_URL
         self.prefix = prefix
-        self._codec = codec if codec is not None else JsonCodec()
-        self._clock = clock
-        self.default_max_attempts = default_max_attempts
-        self.max_payload_bytes = max_payload_bytes
-        self.aging = aging
-        self.max_lost = max_lost
-        self.result_ttl = result_ttl
         self.done_ttl = done_ttl
         self.reconnect_timeout = reconnect_timeout
         self.max_connections = max_connections
@@ -267,13 +262,6 @@ class RedisBackend(Producer):
     def url(self) -> str:
         """The server URL with its password redacted."""
         return redact_url(self._url)
-
-    @property
-    def codec(self) -> Codec:
-        return self._codec
-
-    def now(self) -> float:
-        return self._clock()
 
     # --- lifetime ---------------------------------------------------------------------
 

@@ -29,10 +29,10 @@ import attrs
 import trio
 
 from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
-from ..core._codec import Codec, JsonCodec
+from ..core._codec import Codec
 from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
-from ._producer import Producer, check_options
+from ._producer import Producer
 
 __all__ = ["SCHEMA_VERSION", "SqliteBackend", "SqliteStatistics"]
 
@@ -257,7 +257,9 @@ class SqliteBackend(Producer):
                 "in-memory database is a separate database; use a file (e.g. in a temp "
                 "directory) or MemoryBackend"
             )
-        check_options(
+        self._configure(
+            codec=codec,
+            clock=clock,
             default_max_attempts=default_max_attempts,
             max_payload_bytes=max_payload_bytes,
             aging=aging,
@@ -275,13 +277,6 @@ class SqliteBackend(Producer):
                 f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
             )
         self.path = Path(text)
-        self._codec = codec if codec is not None else JsonCodec()
-        self._clock = clock
-        self.default_max_attempts = default_max_attempts
-        self.max_payload_bytes = max_payload_bytes
-        self.aging = aging
-        self.max_lost = max_lost
-        self.result_ttl = result_ttl
         self.poll_interval = poll_interval
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous.upper()
@@ -413,13 +408,6 @@ class SqliteBackend(Producer):
                     conn.execute(statement)
             if version != SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    @property
-    def codec(self) -> Codec:
-        return self._codec
-
-    def now(self) -> float:
-        return self._clock()
 
     def statistics(self) -> SqliteStatistics:
         """A frozen snapshot: path, open, schema version, connections, calls in flight.
