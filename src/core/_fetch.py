@@ -3,9 +3,12 @@
 The worker's loop calls :meth:`Fetcher.wait_for_work` *before* it reserves a slot, so an
 idle worker holds no reservation: a limit shared with other workers (a global
 concurrency limit, a rate limit) is never hoarded by a worker that has nothing to do.
-Then each reserved slot calls :meth:`Fetcher.next`. Slots asking at the same time share
-one backend claim; a slot that gets nothing gives its reservation back, and the queue is
-marked idle until the backend signals new work (or the poll interval passes).
+Then it registers the reserved slot (:meth:`Fetcher.slot`) and spawns the task that
+owns it, which calls :meth:`Fetcher.next`. The first slot to ask leads a round: one
+backend claim for itself and every slot registered so far. Slots registered in the same
+scheduler batch therefore share one claim, and usually find their task already there when
+they first run, without waiting. A slot that gets nothing gives its reservation back, and
+the queue is marked idle until the backend signals new work (or the poll interval passes).
 """
 
 from __future__ import annotations
@@ -21,13 +24,22 @@ from ._task import Task
 __all__ = ["Fetcher"]
 
 
-class _Slot:
-    __slots__ = ("event", "gone", "task")
+class Slot:
+    """One reserved slot's place in the claim queue (made by :meth:`Fetcher.slot`)."""
+
+    __slots__ = ("done", "event", "gone", "task")
 
     def __init__(self) -> None:
         self.task: Task[bytes] | None = None
-        self.event = trio.Event()
+        self.done = False  # a round has answered it (task may still be None)
+        self.event: trio.Event | None = None  # made only if its owner has to wait
         self.gone = False  # its owner was cancelled before a task was handed to it
+
+    def answer(self, task: Task[bytes] | None) -> None:
+        self.task = task
+        self.done = True
+        if self.event is not None:
+            self.event.set()
 
 
 class Fetcher:
@@ -58,7 +70,7 @@ class Fetcher:
         self.max_batch = max_batch
         self.context = context
         self.on_idle = on_idle
-        self._waiting: list[_Slot] = []
+        self._waiting: list[Slot] = []
         self._leading = False
         self._closed = False
         # After a wake-up, the first slot claims alone and the loop waits for that round
@@ -92,22 +104,28 @@ class Fetcher:
             self._probe.set()
             self._probe = None
 
-    async def next(self) -> Task[bytes] | None:
-        """A task for this reserved slot, or ``None`` (none due, paused, or closed)."""
+    def slot(self) -> Slot:
+        """Register a reserved slot; the next claim round claims a task for it too."""
+        slot = Slot()
+        self._waiting.append(slot)
+        return slot
+
+    async def next(self, slot: Slot) -> Task[bytes] | None:
+        """The task for this reserved slot, or ``None`` (none due, paused, or closed)."""
         try:
-            return await self._next()
+            return await self._next(slot)
         finally:
             self._end_probe()  # this slot's round is over, whatever happened
 
-    async def _next(self) -> Task[bytes] | None:
-        if self._closed or self.context.paused:
+    async def _next(self, slot: Slot) -> Task[bytes] | None:
+        if slot.done:  # a round led by another slot already answered this one
+            return slot.task
+        if (self._closed or self.context.paused) and self._withdraw(slot):
             return None
         if not self._leading:
+            self._waiting.remove(slot)
             self._leading = True
             try:
-                # Let the slots freed in the same scheduler batch join this round, so they
-                # share one claim instead of a claim of 1 followed by a claim of the rest.
-                await trio.lowlevel.checkpoint()
                 if not self._waiting:  # fast path: a round of one (the usual case when busy)
                     with self.context._backend_call():
                         tasks = await self.backend.claim(
@@ -120,22 +138,29 @@ class Fetcher:
                 return await self._lead(None)
             finally:
                 self._leading = False
-        slot = _Slot()
-        self._waiting.append(slot)
+        slot.event = trio.Event()
         try:
             await slot.event.wait()
         except BaseException:
-            slot.gone = True
-            if slot in self._waiting:
-                self._waiting.remove(slot)
+            if not slot.done:
+                slot.gone = True  # a round in progress must not hand it a task
+                self._withdraw(slot)
             raise
         return slot.task
+
+    def _withdraw(self, slot: Slot) -> bool:
+        """Take an unanswered slot out of the queue; False if a claim round holds it."""
+        try:
+            self._waiting.remove(slot)
+        except ValueError:
+            return False
+        return True
 
     async def _lead(self, claimed: list[Task[bytes]] | None) -> Task[bytes] | None:
         """Run claim rounds until no slot waits; ``claimed``: the fast path's round of one."""
         mine: Task[bytes] | None = None
         first = True
-        slots: list[_Slot] = []
+        slots: list[Slot] = []
         try:
             while first or self._waiting:
                 if claimed is not None:
@@ -154,9 +179,7 @@ class Fetcher:
                     mine = next(handed, None)
                     first = False
                 for slot in slots:
-                    if not slot.gone:
-                        slot.task = next(handed, None)
-                    slot.event.set()
+                    slot.answer(None if slot.gone else next(handed, None))
                 slots = []
                 leftover = list(handed)
                 if self._closed:
@@ -176,6 +199,6 @@ class Fetcher:
         finally:
             # Whatever happens to the leader, nobody is left waiting for a round.
             for slot in slots + self._waiting:
-                slot.event.set()
+                slot.answer(None)
             self._waiting = []
         return mine

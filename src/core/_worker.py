@@ -17,7 +17,7 @@ from ._ack import CANCEL_REQUESTED, LOST, Acknowledge, Running
 from ._backend import Backend, Renewal
 from ._backoff import Backoff, ExponentialBackoff
 from ._context import WorkerContext, WorkerState, _current
-from ._fetch import Fetcher
+from ._fetch import Fetcher, Slot
 from ._handler import build_handler
 from ._readiness import Readiness, Tracker
 from ._service import Layer, Service, Stack
@@ -112,7 +112,8 @@ class Worker:
                             await self._fetcher.wait_for_work()
                             reservation = self.service.ready()
                             await reservation.__aenter__()
-                            tasks.start_soon(self._run_one, reservation)
+                            slot = self._fetcher.slot()
+                            tasks.start_soon(self._run_one, reservation, slot)
                 services.cancel_scope.cancel()
         finally:
             ctx._set_state(WorkerState.STOPPED)
@@ -167,12 +168,12 @@ class Worker:
 
     # --- internals ------------------------------------------------------------------
 
-    async def _run_one(self, reservation: AbstractAsyncContextManager[None]) -> None:
+    async def _run_one(self, reservation: AbstractAsyncContextManager[None], slot: Slot) -> None:
         # The loop entered the reservation (design.md §3); this task owns it from here and
         # always exits it, on cancellation too. nursery.start per task would cost 3x more.
         exc: BaseException | None = None
         try:
-            task = await self._fetcher.next()
+            task = await self._fetcher.next(slot)
             if task is not None:
                 await self.service(task)
         except BaseException as e:
