@@ -94,7 +94,7 @@ class MemoryStatistics:
 
 
 class _Queue:
-    __slots__ = ("counts", "leases", "paused", "pending", "scheduled", "wakeup")
+    __slots__ = ("counts", "leases", "paused", "pending", "reclaimed", "scheduled", "wakeup")
 
     def __init__(self) -> None:
         self.pending: list[tuple[float, TaskId, int, StoredTask]] = []
@@ -103,6 +103,7 @@ class _Queue:
         self.counts: dict[TaskState, int] = defaultdict(int)
         self.wakeup = trio.Event()
         self.paused = False
+        self.reclaimed = 0  # expired leases taken back, ever (QueueStats.reclaimed)
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -247,6 +248,7 @@ class MemoryBackend(Producer):
                 rec.run_at = now
                 rec.owner = None
                 self._make_ready(q, rec, now)  # keeps its place in line
+        q.reclaimed += count  # dead-lettered or not: every expired lease taken back
         return count
 
     # --- consuming ------------------------------------------------------------------
@@ -458,6 +460,7 @@ class MemoryBackend(Producer):
                 done=q.counts[TaskState.DONE],
                 dead=q.counts[TaskState.DEAD],
                 paused=q.paused,
+                reclaimed=q.reclaimed,
             )
             for name, q in sorted(self._queues.items())
         }

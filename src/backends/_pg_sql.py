@@ -11,9 +11,10 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 
 _LIVE = "('pending', 'scheduled', 'leased')"
 
-#: Reclaim expired leases; ``{where}`` narrows it (one queue inside ``claim``, or none).
-#: The task keeps its place in line (order_key unchanged) and is due at once; after
-#: ``max_lost`` expiries, on a cancel request, or on its last attempt it goes dead.
+#: Reclaim expired leases; ``{where}`` narrows it (one queue inside ``claim``, or none);
+#: ``moved`` returns ``{returning}`` per reclaimed task. The task keeps its place in
+#: line (order_key unchanged) and is due at once; after ``max_lost`` expiries, on a
+#: cancel request, or on its last attempt it goes dead.
 RECLAIM = """
     WITH expired AS (
         SELECT t.id FROM {s}.tasks t
@@ -42,12 +43,29 @@ RECLAIM = """
                     THEN 'worker lost on the last attempt (' || t.attempt || ')'
                 ELSE t.dead_reason END
         FROM expired e WHERE t.id = e.id AND t.state = 'leased' AND t.deadline <= {now}
-        RETURNING 1
+        RETURNING {returning}
     )
 """
 
-_CLAIM_FUNCTION = (
-    """
+#: Adds each reclaimed lease to its queue's ``reclaimed`` counter (``moved`` returns
+#: the queue names); counter rows are locked in name order, so two concurrent calls
+#: never deadlock. Yields how many leases were reclaimed.
+RECLAIM_COUNTED = (
+    RECLAIM
+    + """
+    , counted AS (
+        SELECT m.queue, count(*) AS n FROM moved m GROUP BY m.queue
+    ), bumped AS (
+        INSERT INTO {s}.queues AS q (name, reclaimed)
+        SELECT c.queue, c.n FROM counted c ORDER BY c.queue
+        ON CONFLICT (name) DO UPDATE SET reclaimed = q.reclaimed + excluded.reclaimed
+    )
+    SELECT coalesce(sum(c.n), 0) FROM counted c
+"""
+)
+
+
+_CLAIM_HEAD = """
     CREATE FUNCTION {s}.claim(
         p_queue text, p_owner text, p_limit integer, p_now double precision,
         p_deadline double precision, p_max_lost integer
@@ -60,9 +78,7 @@ _CLAIM_FUNCTION = (
         n_reclaimed integer;
     BEGIN
     """
-    + RECLAIM.format(s="{s}", now="p_now", max_lost="p_max_lost", where="AND t.queue = p_queue")
-    + """
-        SELECT count(*) INTO n_reclaimed FROM moved;
+_CLAIM_TAIL = """
         IF EXISTS (SELECT 1 FROM {s}.queues q WHERE q.name = p_queue AND q.paused) THEN
             RETURN;
         END IF;
@@ -90,10 +106,40 @@ _CLAIM_FUNCTION = (
     END
     $fn$
     """
-)
+
+#: v2: the queue's ``reclaimed`` counter grows in the same statement as the reclaim;
+#: its row is only written when something was reclaimed (claims stay read-only on
+#: ``queues`` otherwise).
+_COUNT_RECLAIMED = """
+        IF n_reclaimed > 0 THEN
+            INSERT INTO {s}.queues AS q (name, reclaimed) VALUES (p_queue, n_reclaimed)
+            ON CONFLICT (name) DO UPDATE SET reclaimed = q.reclaimed + excluded.reclaimed;
+        END IF;"""
+
+
+def _claim_function(create: str, count: str) -> str:
+    """The ``claim()`` SQL function: ``create`` is the DDL verb; ``count`` runs right
+    after the reclaim, with ``n_reclaimed`` (how many leases it reclaimed) set."""
+    return (
+        _CLAIM_HEAD.replace("CREATE FUNCTION", create, 1)
+        + RECLAIM.format(
+            s="{s}",
+            now="p_now",
+            max_lost="p_max_lost",
+            where="AND t.queue = p_queue",
+            returning="1",
+        )
+        + """
+        SELECT count(*) INTO n_reclaimed FROM moved;"""
+        + count
+        + _CLAIM_TAIL
+    )
+
 
 #: Migrations, applied in order under an advisory lock; ``{s}.migrations`` records them.
+#: A released step never changes: a new schema is a new step at the end.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: tasks, queues (paused flags), the token sequence, claim().
     (
         """
         CREATE TABLE {s}.tasks (
@@ -131,7 +177,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "paused boolean NOT NULL DEFAULT false)",
         # Fencing tokens: one sequence for the whole store, so a token names one claim.
         "CREATE SEQUENCE {s}.token",
-        _CLAIM_FUNCTION,
+        _claim_function("CREATE FUNCTION", ""),
+    ),
+    # 2: per-queue count of reclaimed leases (QueueStats.reclaimed), kept by claim()
+    # and reclaim(). Adding a column with a constant default rewrites nothing.
+    (
+        "ALTER TABLE {s}.queues ADD COLUMN reclaimed bigint NOT NULL DEFAULT 0",
+        _claim_function("CREATE OR REPLACE FUNCTION", _COUNT_RECLAIMED),
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -271,6 +323,8 @@ STATS = """
         count(*) FILTER (WHERE state = 'scheduled' AND run_at <= %(now)s)
     FROM {s}.tasks GROUP BY queue, state
 """
+
+QUEUE_FLAGS = "SELECT name, paused, reclaimed FROM {s}.queues WHERE paused OR reclaimed > 0"
 
 SET_PAUSED = """
     WITH u AS (

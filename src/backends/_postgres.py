@@ -12,9 +12,10 @@ so the event loop never blocks.
 Design, in brief:
 
 * **Claims** are one call of the ``claim()`` SQL function: it reclaims the queue's
-  expired leases, then leases up to ``limit`` due tasks with ``FOR UPDATE SKIP LOCKED``
-  in the contract's order (``order_key = eligible_at - priority * aging``, then the
-  time-sortable id), each with a token from one sequence.
+  expired leases (adding them to the queue's ``reclaimed`` counter in ``queues``, a
+  write made only when there were some), then leases up to ``limit`` due tasks with
+  ``FOR UPDATE SKIP LOCKED`` in the contract's order (``order_key = eligible_at -
+  priority * aging``, then the time-sortable id), each with a token from one sequence.
 * **Acks are coalesced**: concurrent ``ack`` calls in one process become one
   ``UPDATE ... FROM unnest(...)`` per round trip (up to two batches in flight); each
   caller still gets its own outcome (``LeaseLost`` for a stale token). **Renewals** of
@@ -972,8 +973,9 @@ class PostgresBackend(Producer):
     async def reclaim(self) -> int:
         now = self.now()
         statement = self._s(
-            sql.RECLAIM.format(s="{s}", now="%(now)s", max_lost="%(max_lost)s", where="")
-            + "SELECT count(*) FROM moved"
+            sql.RECLAIM_COUNTED.format(
+                s="{s}", now="%(now)s", max_lost="%(max_lost)s", where="", returning="t.queue"
+            )
         )
 
         async def reclaim(conn: TrioConnection, retried: bool) -> int:
@@ -1049,16 +1051,16 @@ class PostgresBackend(Producer):
     async def stats(self) -> list[QueueStats]:
         now = self.now()
         statement = self._s(sql.STATS)
-        paused_sql = self._s("SELECT name FROM {s}.queues WHERE paused")
+        flags_sql = self._s(sql.QUEUE_FLAGS)
 
         async def stats(
             conn: TrioConnection, retried: bool
-        ) -> tuple[list[tuple[Any, ...]], set[str]]:
+        ) -> tuple[list[tuple[Any, ...]], dict[str, tuple[bool, int]]]:
             rows = await conn.execute(statement, {"now": now})
-            paused = {r[0] for r in await conn.execute(paused_sql)}
-            return rows, paused
+            flags = {r[0]: (bool(r[1]), int(r[2])) for r in await conn.execute(flags_sql)}
+            return rows, flags
 
-        rows, paused = await self._run(stats)
+        rows, flags = await self._run(stats)
         counts: dict[str, dict[str, int]] = {}
         for queue, state, n, due in rows:
             c = counts.setdefault(queue, {})
@@ -1075,9 +1077,10 @@ class PostgresBackend(Producer):
                 leased=counts.get(queue, {}).get("leased", 0),
                 done=counts.get(queue, {}).get("done", 0),
                 dead=counts.get(queue, {}).get("dead", 0),
-                paused=queue in paused,
+                paused=flags.get(queue, (False, 0))[0],
+                reclaimed=flags.get(queue, (False, 0))[1],
             )
-            for queue in sorted(set(counts) | paused)
+            for queue in sorted(set(counts) | set(flags))
         ]
 
 

@@ -733,8 +733,9 @@ class RedisBackend(Producer):
                 done=int(raw[i + 4]),
                 dead=int(raw[i + 5]),
                 paused=bool(raw[i + 6]),
+                reclaimed=int(raw[i + 7]),
             )
-            for i in range(0, len(raw), 7)
+            for i in range(0, len(raw), 8)
         ]
         return sorted(out, key=lambda s: s.queue)
 

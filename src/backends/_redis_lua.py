@@ -13,7 +13,8 @@ Data layout (``P`` is the key prefix, default ``turret:``)::
     P q:<queue>:scheduled ZSET  waiting tasks by run_at
     P q:<queue>:leases    ZSET  leased tasks by lease deadline (per task, not per worker)
     P q:<queue>:dead      ZSET  dead letters, score 0, so ordered by id
-    P q:<queue>:stats     HASH  done: count of acked tasks
+    P q:<queue>:stats     HASH  done: count of acked tasks; reclaimed: count of expired
+                                leases reclaimed (dead-lettered or not), ever
     P q:<queue>:paused    STRING present while the queue is paused
     P u:<unique key>      STRING id of the live task holding the key
     P queues              SET   every queue name seen
@@ -116,6 +117,7 @@ local function reclaim_queue(q, now, nows, max_lost, limit)
       end
     end
   end
+  if n > 0 then redis.call('HINCRBY', qkey(q, 'stats'), 'reclaimed', n) end
   return n
 end
 
@@ -426,19 +428,22 @@ return out
 """
 )
 
-# ARGV: P. Returns 7 values per queue: name, pending, scheduled, leased, done, dead, paused.
+# ARGV: P. Returns 8 values per queue: name, pending, scheduled, leased, done, dead,
+# paused, reclaimed.
 STATS = (
     PRELUDE
     + r"""
 local out = {}
 for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+  local c = redis.call('HMGET', qkey(q, 'stats'), 'done', 'reclaimed')
   out[#out + 1] = q
   out[#out + 1] = redis.call('ZCARD', qkey(q, 'pending'))
   out[#out + 1] = redis.call('ZCARD', qkey(q, 'scheduled'))
   out[#out + 1] = redis.call('ZCARD', qkey(q, 'leases'))
-  out[#out + 1] = tonumber(redis.call('HGET', qkey(q, 'stats'), 'done') or '0')
+  out[#out + 1] = tonumber(c[1] or '0')
   out[#out + 1] = redis.call('ZCARD', qkey(q, 'dead'))
   out[#out + 1] = redis.call('EXISTS', qkey(q, 'paused'))
+  out[#out + 1] = tonumber(c[2] or '0')
 end
 return out
 """

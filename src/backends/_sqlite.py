@@ -38,8 +38,10 @@ __all__ = ["SCHEMA_VERSION", "SqliteBackend", "SqliteStatistics"]
 
 T = TypeVar("T")
 
-#: Migrations, applied in order on open; ``PRAGMA user_version`` is how many ran.
+#: Migrations, applied in order on open; ``PRAGMA user_version`` is how many ran. A
+#: released step never changes: a new schema is a new step at the end.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: tasks, queues (paused flags), the token counter.
     (
         """
         CREATE TABLE turret_tasks (
@@ -75,6 +77,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE turret_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO turret_meta (key, value) VALUES ('token', 0)",
     ),
+    # 2: per-queue count of reclaimed leases (QueueStats.reclaimed); existing rows
+    # start at 0, queues without a row get one at their first reclaim.
+    ("ALTER TABLE turret_queues ADD COLUMN reclaimed INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -484,13 +489,21 @@ class SqliteBackend(Producer):
     # --- consuming ------------------------------------------------------------------
 
     def _reclaim_in(self, conn: sqlite3.Connection, now: float) -> int:
-        """Reclaim every expired lease (inside the caller's transaction)."""
+        """Reclaim every expired lease (inside the caller's transaction).
+
+        Each one, dead-lettered or not, adds one to its queue's ``reclaimed`` counter;
+        the counter rows are only written when something was reclaimed.
+        """
         expired = conn.execute(
-            "SELECT id, attempt, max_attempts, lost, cancel_reason FROM turret_tasks "
+            "SELECT id, queue, attempt, max_attempts, lost, cancel_reason FROM turret_tasks "
             "WHERE state = 'leased' AND deadline <= ?",
             (now,),
         ).fetchall()
-        for task_id, attempt, max_attempts, lost, cancel_reason in expired:
+        if not expired:
+            return 0
+        per_queue: dict[str, int] = {}
+        for task_id, queue, attempt, max_attempts, lost, cancel_reason in expired:
+            per_queue[queue] = per_queue.get(queue, 0) + 1
             lost += 1
             if cancel_reason is not None:
                 reason: str | None = f"cancelled: {cancel_reason} (worker lost)"
@@ -514,6 +527,11 @@ class SqliteBackend(Producer):
                     "live_key = NULL, cancel_reason = NULL WHERE id = ?",
                     (lost, reason, task_id),
                 )
+        conn.executemany(
+            "INSERT INTO turret_queues (name, paused, reclaimed) VALUES (?, 0, ?) "
+            "ON CONFLICT (name) DO UPDATE SET reclaimed = reclaimed + excluded.reclaimed",
+            sorted(per_queue.items()),
+        )
         return len(expired)
 
     async def claim(
@@ -866,12 +884,17 @@ class SqliteBackend(Producer):
                 "SELECT queue, state, count(*) FROM turret_tasks GROUP BY queue, state"
             ):
                 counts.setdefault(queue, {})[state] = n
-            paused = {
-                name for (name,) in conn.execute("SELECT name FROM turret_queues WHERE paused")
+            flags = {
+                name: (bool(paused), reclaimed)
+                for name, paused, reclaimed in conn.execute(
+                    "SELECT name, paused, reclaimed FROM turret_queues "
+                    "WHERE paused OR reclaimed > 0"
+                )
             }
             out = []
-            for queue in sorted(set(counts) | paused):
+            for queue in sorted(set(counts) | set(flags)):
                 c = counts.get(queue, {})
+                paused, reclaimed = flags.get(queue, (False, 0))
                 out.append(
                     QueueStats(
                         queue=queue,
@@ -880,7 +903,8 @@ class SqliteBackend(Producer):
                         leased=c.get("leased", 0),
                         done=c.get("done", 0),
                         dead=c.get("dead", 0),
-                        paused=queue in paused,
+                        paused=paused,
+                        reclaimed=reclaimed,
                     )
                 )
             return out

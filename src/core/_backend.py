@@ -96,12 +96,19 @@ class Job:
 
 @attrs.frozen
 class QueueStats:
-    """Counts of one queue's tasks by state; cheap enough to scrape.
+    """Counts of one queue's tasks by state, and its reclaim counter; cheap to scrape.
+
+    ``pending`` ... ``dead`` are gauges (how many tasks are in that state now).
+    ``reclaimed`` is a counter: how many expired leases of this queue were reclaimed
+    (by ``claim`` or ``reclaim()``) since the store was created. It only grows (it is
+    stored with the queue, so it survives restarts of durable backends), and it counts
+    every expired lease taken back, whatever the task does next: back in line, or to
+    dead letters ("worker lost N times", lost on its last attempt, or cancelled).
 
     Example::
 
         for s in await backend.stats():
-            print(s.queue, s.pending, s.leased)
+            print(s.queue, s.pending, s.leased, s.reclaimed)
     """
 
     queue: str
@@ -112,6 +119,8 @@ class QueueStats:
     dead: int = 0
     #: True between ``pause_queue()`` and ``resume_queue()``: claims return nothing.
     paused: bool = False
+    #: Expired leases reclaimed on this queue since the store was created (a counter).
+    reclaimed: int = 0
 
 
 class UnknownTask(TurretError, LookupError):
@@ -210,7 +219,9 @@ class Backend(Protocol):
     * Times in :class:`~turret.TaskContext` are on the backend's clock, ``now()``.
     * An expired lease is reclaimed by ``claim`` (or ``reclaim``): the attempt counts,
       ``last_error`` is "worker lost"; after ``max_lost`` expiries the task goes to dead
-      letters with reason "worker lost N times".
+      letters with reason "worker lost N times". Every reclaimed lease (dead-lettered
+      or not) adds one to its queue's :attr:`QueueStats.reclaimed`, a counter kept with
+      the store that never goes down, in the same transaction as the reclaim.
     * ``cancel`` kills a pending/scheduled task at once (dead, reason
       "cancelled: <reason>"); for a leased one it sets a flag that ``renew`` reports as
       :attr:`Renewal.CANCEL_REQUESTED`, and a later ``retry``/``release``/reclaim of that
@@ -283,7 +294,7 @@ class Backend(Protocol):
         ...
 
     async def stats(self) -> list[QueueStats]:
-        """Counts per queue and state."""
+        """Counts per queue and state, and each queue's reclaim counter."""
         ...
 
     # --- operations for producers and operators (not used by the worker loop) ------

@@ -462,25 +462,21 @@ class _LiveCollector(Collector):
         )
         reclaimed = CounterMetricFamily(
             "turret_leases_reclaimed",
-            "Expired leases reclaimed per queue (when the backend reports it).",
+            "Expired leases reclaimed per queue since the store was created, from "
+            "backend.stats() (cached).",
             labels=("queue",),
         )
         oldest: float | None = None
-        any_reclaimed = False
         for read_at, stats in m._stats.values():
             oldest = read_at if oldest is None else min(oldest, read_at)
             for s in stats:
                 for state in QUEUE_STATES:
                     depth.add_metric((s.queue, state), getattr(s, state))
                 paused.add_metric((s.queue,), 1.0 if s.paused else 0.0)
-                value = getattr(s, "reclaimed", None)
-                if value is not None:
-                    any_reclaimed = True
-                    reclaimed.add_metric((s.queue,), value)
+                reclaimed.add_metric((s.queue,), s.reclaimed)
         yield depth
         yield paused
-        if any_reclaimed:
-            yield reclaimed
+        yield reclaimed
         if oldest is not None:
             try:
                 age.add_metric((), max(0.0, trio.current_time() - oldest))

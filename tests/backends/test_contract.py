@@ -13,6 +13,7 @@ from turret import (
     Job,
     LeaseLost,
     PayloadTooLarge,
+    QueueStats,
     Renewal,
     TaskId,
     TaskInfo,
@@ -305,6 +306,61 @@ async def test_lost_on_last_attempt_goes_dead(
     got = await info(backend, task_id)
     assert got.state is TaskState.DEAD
     assert "worker lost" in (got.dead_reason or "")
+
+
+def reclaimed(stats: list[QueueStats]) -> dict[str, int]:
+    return {s.queue: s.reclaimed for s in stats}
+
+
+async def test_stats_count_reclaimed_leases_per_queue(
+    kit: Kit, backend: Backend, mock_clock: trio.testing.MockClock
+) -> None:
+    await backend.push("r1", queue="r")
+    await backend.push("o1", queue="other")
+    await claim_one(backend, "r")
+    assert reclaimed(await backend.stats()) == {"r": 0, "other": 0}
+    # Reclaimed by the next claim of the queue (then claimed again).
+    mock_clock.jump(TTL + 1)
+    again = await claim_one(backend, "r")
+    assert again.ctx.attempt == 2
+    assert reclaimed(await backend.stats()) == {"r": 1, "other": 0}
+    await backend.ack(again.id, again.ctx.lease.token)
+    # Reclaimed by an explicit reclaim(); a settled task stays counted.
+    await claim_one(backend, "other")
+    mock_clock.jump(TTL + 1)
+    assert await backend.reclaim() == 1
+    assert reclaimed(await backend.stats()) == {"r": 1, "other": 1}
+    assert await backend.reclaim() == 0  # nothing expired: nothing counted
+    # A reclaim that dead-letters the task (lost on its last attempt) counts too.
+    last = await backend.push("last", queue="r", max_attempts=1)
+    await claim_one(backend, "r")
+    mock_clock.jump(TTL + 1)
+    assert await backend.reclaim() == 1
+    assert (await info(backend, last)).state is TaskState.DEAD
+    assert reclaimed(await backend.stats()) == {"r": 2, "other": 1}
+    # The counter belongs to the store: another handle (process) sees it.
+    async with kit.open(clock=trio.current_time) as other_handle:
+        assert reclaimed(await other_handle.stats()) == {"r": 2, "other": 1}
+
+
+async def test_reclaimed_counts_poison_and_cancelled(
+    kit: Kit, mock_clock: trio.testing.MockClock
+) -> None:
+    async with kit.open(clock=trio.current_time, max_lost=2, default_max_attempts=10) as backend:
+        poison = await backend.push("poison", queue="p")
+        for _ in range(2):
+            await claim_one(backend, "p")
+            mock_clock.jump(TTL + 1)
+        assert await claim(backend, "p") == []  # the second expiry made it dead
+        assert (await info(backend, poison)).dead_reason == "worker lost 2 times"
+        cancelled = await backend.push("c", queue="p")
+        await claim_one(backend, "p")
+        assert await backend.cancel(cancelled)
+        mock_clock.jump(TTL + 1)
+        assert await backend.reclaim() == 1
+        assert ((await info(backend, cancelled)).dead_reason or "").startswith("cancelled")
+        (stats,) = await backend.stats()
+        assert (stats.queue, stats.dead, stats.reclaimed) == ("p", 2, 3)
 
 
 # --- settle -------------------------------------------------------------------------

@@ -70,6 +70,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.tasks: dict[TaskId, M] = {}
         self.stale: list[tuple[TaskId, int]] = []
+        self.reclaimed = 0  # expired leases taken back, ever (QueueStats.reclaimed)
 
     def run(self, fn: Callable[[Backend], Awaitable[Any]]) -> Any:
         async def main() -> Any:
@@ -95,6 +96,7 @@ class QueueMachine(RuleBasedStateMachine):
         now = self.clock.now
         for m in self.tasks.values():
             if m.state is TaskState.LEASED and m.deadline <= now:
+                self.reclaimed += 1
                 m.lost += 1
                 if m.lost >= MAX_LOST or m.attempt >= m.max_attempts:
                     m.state = TaskState.DEAD
@@ -253,6 +255,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert got.leased == counts[TaskState.LEASED]
         assert got.done == counts[TaskState.DONE]
         assert got.dead == counts[TaskState.DEAD]
+        assert got.reclaimed == self.reclaimed
         assert (
             got.pending + got.scheduled == counts[TaskState.PENDING] + counts[TaskState.SCHEDULED]
         )

@@ -193,6 +193,104 @@ async def test_unmigrated_schema_refused_without_migrate(dsn: str, schema: str) 
         PostgresBackend(dsn, schema="Bad-Name")
 
 
+def make_v1_schema(dsn: str, schema: str, now: float) -> dict[str, str]:
+    """A schema as turret with schema version 1 left it: a waiting task, a task whose
+    lease expired (its worker died), a paused queue, the token sequence at 7."""
+    from turret import TaskId
+    from turret.backends import _pg_sql as sql
+
+    ids = {"waiting": TaskId.new(), "lost": TaskId.new()}
+    q = f'"{schema}"'
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(f"CREATE SCHEMA {q}")
+        conn.execute(
+            f"CREATE TABLE {q}.migrations (version integer PRIMARY KEY, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for statement in sql.MIGRATIONS[0]:
+            conn.execute(statement.replace("{s}", q))
+        conn.execute(f"INSERT INTO {q}.migrations (version) VALUES (1)")
+        insert = (
+            f"INSERT INTO {q}.tasks (id, queue, state, payload, priority, attempt, "
+            "max_attempts, run_at, enqueued_at, order_key, headers, owner, deadline, token) "
+            "VALUES (%s, 'mail', %s, %s, 0, %s, 3, %s, %s, %s, '{}', %s, %s, %s)"
+        )
+        t0 = now - 100
+        conn.execute(insert, (ids["waiting"], "pending", b'"a"', 0, t0, t0, t0, None, None, 0))
+        conn.execute(
+            insert, (ids["lost"], "leased", b'"b"', 1, t0, t0, t0 + 1, "gone", now - 10, 7)
+        )
+        conn.execute(f"INSERT INTO {q}.queues (name, paused) VALUES ('paused-q', true)")
+        conn.execute(f"SELECT setval('{q}.token', 7)")
+    return ids
+
+
+def queue_columns(dsn: str, schema: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'queues' ORDER BY ordinal_position",
+            (schema,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+async def test_v1_schema_upgrades_in_place(dsn: str, schema: str) -> None:
+    now = 1_000_000.0
+    ids = await trio.to_thread.run_sync(make_v1_schema, dsn, schema, now)
+    assert await trio.to_thread.run_sync(queue_columns, dsn, schema) == ["name", "paused"]
+    with pytest.raises(RuntimeError, match="at version 1, this turret needs 2"):
+        async with PostgresBackend.open(dsn, schema=schema, migrate=False):
+            pass
+    async with PostgresBackend.open(dsn, schema=schema, clock=lambda: now) as backend:
+        assert backend.statistics().schema_version == 2
+        assert await backend.migrate() == (2, 2)
+        stats = {s.queue: s for s in await backend.stats()}
+        assert stats["paused-q"].paused
+        assert (stats["mail"].pending, stats["mail"].leased, stats["mail"].reclaimed) == (1, 1, 0)
+        # claim() is v2's now: it reclaims the expired lease and counts it.
+        tasks = await backend.claim("mail", owner="w", limit=10, lease_ttl=30)
+        assert [t.id for t in tasks] == [ids["waiting"], ids["lost"]]
+        assert [t.ctx.lease.token for t in tasks] == [8, 9]
+        stats = {s.queue: s for s in await backend.stats()}
+        assert (stats["mail"].reclaimed, stats["paused-q"].reclaimed) == (1, 0)
+        assert stats["paused-q"].paused
+
+    def versions() -> list[int]:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            rows = conn.execute(f'SELECT version FROM "{schema}".migrations ORDER BY 1')
+            return [r[0] for r in rows.fetchall()]
+
+    assert await trio.to_thread.run_sync(versions) == [1, 2]
+    columns = await trio.to_thread.run_sync(queue_columns, dsn, schema)
+    assert columns == ["name", "paused", "reclaimed"]
+
+
+async def test_concurrent_reclaims_count_each_lease_once(dsn: str, schema: str) -> None:
+    now = [1_000_000.0]
+    queues = ["a", "b", "c"]
+    async with PostgresBackend.open(dsn, schema=schema, clock=lambda: now[0]) as backend:
+        await backend.push_many([Job(i, queue=queues[i % 3]) for i in range(60)])
+        for q in queues:
+            assert len(await backend.claim(q, owner="w", limit=20, lease_ttl=30)) == 20
+        now[0] += 31
+        reclaimed: list[int] = []
+
+        async def reclaim() -> None:
+            reclaimed.append(await backend.reclaim())
+
+        async def claim(q: str) -> None:
+            await backend.claim(q, owner="v", limit=1, lease_ttl=30)
+
+        async with trio.open_nursery() as nursery:
+            for q in queues * 2:
+                nursery.start_soon(reclaim)
+                nursery.start_soon(claim, q)
+        stats = {s.queue: s.reclaimed for s in await backend.stats()}
+        assert stats == {"a": 20, "b": 20, "c": 20}
+        assert sum(reclaimed) <= 60
+
+
 async def test_concurrent_acks_are_coalesced_and_fenced(dsn: str, schema: str) -> None:
     async with PostgresBackend.open(dsn, schema=schema) as backend:
         await backend.push_many([Job(i) for i in range(50)])

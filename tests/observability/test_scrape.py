@@ -96,6 +96,7 @@ async def test_monitor_scrape_after_known_workload(registry: CollectorRegistry) 
     assert get(found, "turret_worker_ready", worker="mail") == 1
     assert get(found, "turret_event_loop_lag_seconds", monitor="monitor") >= 0
     assert get(found, "turret_queue_stats_age_seconds") < 5
+    assert get(found, "turret_leases_reclaimed_total", queue=QUEUE) == 0  # always exported
 
 
 async def test_serve_metrics_plain_registry(registry: CollectorRegistry) -> None:
@@ -122,6 +123,35 @@ async def test_metrics_server_without_monitor(registry: CollectorRegistry) -> No
             found = samples(await scrape(url))
             nursery.cancel_scope.cancel()
     assert get(found, "turret_queue_tasks", queue=QUEUE, state="pending") == 1
+
+
+async def test_scrape_counts_reclaimed_leases(registry: CollectorRegistry) -> None:
+    now = [1000.0]
+    backend = MemoryBackend(clock=lambda: now[0])
+    await backend.push(1, queue=QUEUE)
+    await backend.push(2, queue="other")
+    await backend.claim(QUEUE, owner="dead-worker", limit=1, lease_ttl=30)
+    now[0] += 31  # the lease expires: its worker is gone
+    (task,) = await backend.claim(QUEUE, owner="w", limit=1, lease_ttl=30)  # reclaims it
+    assert task.ctx.attempt == 2
+    metrics = Metrics(registry)
+    metrics.watch_backend(backend)
+    server = MetricsServer(metrics, port=0)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(server.run)
+            await metrics.refresh()
+            before = samples(await scrape(url))
+            now[0] += 31  # that claim's lease expires too; reclaim() takes it back
+            assert await backend.reclaim() == 1
+            await metrics.refresh()
+            after = samples(await scrape(url))
+            nursery.cancel_scope.cancel()
+    assert get(before, "turret_leases_reclaimed_total", queue=QUEUE) == 1
+    assert get(before, "turret_leases_reclaimed_total", queue="other") == 0
+    assert get(after, "turret_leases_reclaimed_total", queue=QUEUE) == 2
+    assert get(after, "turret_leases_reclaimed_total", queue="other") == 0
+    assert get(after, "turret_queue_tasks", queue=QUEUE, state="pending") == 1
 
 
 def test_cli_has_metrics_options() -> None:

@@ -1,0 +1,154 @@
+"""SQLite-specific behaviour beyond the conformance suite (which runs on it too).
+
+Schema migrations: a database file written by an older turret is upgraded in place on
+open and keeps its tasks, queue flags and fencing counter.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from turret import TaskId, TaskState
+from turret.backends import SCHEMA_VERSION, SqliteBackend
+from turret.backends._sqlite import MIGRATIONS
+
+NOW = 1_000_000.0
+
+
+class Clock:
+    """An injectable backend clock, moved by hand (no sleeps)."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_v1_database(path: Path) -> dict[str, TaskId]:
+    """A file as turret with schema version 1 left it: a waiting task, a task whose
+    lease expired (its worker died), a done task, a paused queue, token counter at 7."""
+    ids = {name: TaskId.new() for name in ("waiting", "lost", "done")}
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        t0 = NOW - 100
+
+        def row(task_id: TaskId, queue: str, state: str, **fields: Any) -> dict[str, Any]:
+            return {
+                "id": task_id,
+                "queue": queue,
+                "state": state,
+                "payload": b'"x"',
+                "priority": 0,
+                "attempt": 1,
+                "max_attempts": 3,
+                "run_at": t0,
+                "enqueued_at": t0,
+                "order_key": t0,
+                "headers": "{}",
+                "unique_key": None,
+                "owner": None,
+                "deadline": None,
+                "token": 0,
+                **fields,
+            }
+
+        rows = [
+            row(ids["waiting"], "mail", "pending", attempt=0, unique_key="k1"),
+            row(
+                ids["lost"],
+                "mail",
+                "leased",
+                order_key=t0 + 1,
+                headers='{"traceparent": "00-x"}',
+                owner="dead-worker",
+                deadline=NOW - 10,
+                token=7,
+            ),
+            row(ids["done"], "reports", "done", order_key=t0 + 2, token=6),
+        ]
+        conn.executemany(
+            "INSERT INTO turret_tasks (id, queue, state, payload, priority, attempt, "
+            "max_attempts, run_at, enqueued_at, order_key, headers, unique_key, live_key, "
+            "owner, deadline, token) VALUES (:id, :queue, :state, :payload, :priority, "
+            ":attempt, :max_attempts, :run_at, :enqueued_at, :order_key, :headers, "
+            ":unique_key, :unique_key, :owner, :deadline, :token)",
+            rows,
+        )
+        conn.execute("INSERT INTO turret_queues (name, paused) VALUES ('paused-q', 1)")
+        conn.execute("UPDATE turret_meta SET value = 7 WHERE key = 'token'")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return ids
+
+
+def columns(path: Path, table: str) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+    finally:
+        conn.close()
+
+
+def user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_v1_database_upgrades_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    ids = make_v1_database(path)
+    assert "reclaimed" not in columns(path, "turret_queues")
+    clock = Clock()
+    async with SqliteBackend.open(path, clock=clock) as backend:
+        assert backend.statistics().schema_version == SCHEMA_VERSION == 2
+        assert user_version(path) == 2
+        assert "reclaimed" in columns(path, "turret_queues")
+        # Every task and flag is still there, and the counter starts at 0.
+        stats = {s.queue: s for s in await backend.stats()}
+        assert sorted(stats) == ["mail", "paused-q", "reports"]
+        assert (stats["mail"].pending, stats["mail"].leased) == (1, 1)
+        assert stats["reports"].done == 1
+        assert stats["paused-q"].paused
+        assert {s.reclaimed for s in stats.values()} == {0}
+        lost = await backend.get_task(ids["lost"])
+        assert lost is not None
+        assert (lost.state, lost.owner, lost.token) == (TaskState.LEASED, "dead-worker", 7)
+        assert lost.headers == {"traceparent": "00-x"}
+        # The unique key of the live task is still taken.
+        assert await backend.push("again", queue="mail", unique_key="k1") == ids["waiting"]
+        # The expired lease is reclaimed by the next claim and counted; tokens go on
+        # from the old counter.
+        tasks = await backend.claim("mail", owner="w", limit=10, lease_ttl=30)
+        assert [t.id for t in tasks] == [ids["waiting"], ids["lost"]]
+        assert [t.ctx.lease.token for t in tasks] == [8, 9]
+        assert tasks[1].ctx.attempt == 2
+        stats = {s.queue: s for s in await backend.stats()}
+        assert (stats["mail"].reclaimed, stats["reports"].reclaimed) == (1, 0)
+        assert stats["paused-q"].paused
+    # Opening again is a no-op migration: the counter is durable.
+    async with SqliteBackend.open(path, clock=clock) as backend:
+        assert {s.queue: s.reclaimed for s in await backend.stats()}["mail"] == 1
+    assert user_version(path) == 2
+
+
+async def test_database_from_a_newer_turret_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="upgrade turret"):
+        async with SqliteBackend.open(path):
+            pass
