@@ -31,15 +31,19 @@ CANCEL_REQUESTED = "cancel requested"
 
 
 class Running:
-    """A task between claim and settle: what the heartbeat renews and may cancel."""
+    """A task between claim and settle: what the heartbeat renews and may cancel, and,
+    once the stack has returned, the outcome :meth:`Acknowledge.settle` stores."""
 
-    __slots__ = ("cancel_reason", "ctx", "scope", "token")
+    __slots__ = ("cancel_reason", "ctx", "error", "result", "scope", "start", "token")
 
     def __init__(self, ctx: TaskContext, token: int) -> None:
         self.ctx = ctx
         self.token = token
         self.scope = trio.CancelScope()
         self.cancel_reason: str | None = None
+        self.start = 0.0
+        self.result: Any = None
+        self.error: Exception | None = None
 
     def cancel(self, reason: str) -> None:
         if self.cancel_reason is None:
@@ -85,36 +89,51 @@ class Acknowledge(Service[Task[bytes], None]):
         self._emitter.emit(event)
 
     async def __call__(self, raw: Task[bytes], /) -> None:
+        await self.settle(await self.run(raw))
+
+    async def run(self, raw: Task[bytes]) -> Running:
+        """Decode and run the stack; the outcome is settled by :meth:`settle`.
+
+        The worker calls the two halves apart: it gives the reservation back between
+        them, so the next task is claimed while this one's settle is in flight. On
+        cancellation (shutdown) the task is released at once and the error re-raised.
+        """
         ctx = raw.ctx
         assert ctx.lease is not None, "a claimed task carries its lease"
         run = Running(ctx, ctx.lease.token)
         self.running[run.token] = run  # by token: the same task may be re-claimed
-        wctx = self.context
-        wctx.claimed += 1
-        start = 0.0
+        self.context.claimed += 1
         if self._emitter.active:
-            start = trio.current_time()
-            self._emit(ev.TaskEngaged(wctx.name, start, ctx))
+            run.start = trio.current_time()
+            self._emit(ev.TaskEngaged(self.context.name, run.start, ctx))
         try:
+            args = self.backend.codec.decode(raw.args)
+            with run.scope:
+                run.result = await self.inner(Task(args, ctx))
+        except Exception as exc:  # Retry, Abort, InvalidPayload and handler failures
+            run.error = exc
+        except BaseException:
+            # Cancelled (shutdown, grace expired) or KeyboardInterrupt: give it back.
             try:
-                args = self.backend.codec.decode(raw.args)
-                with run.scope:
-                    result = await self.inner(Task(args, ctx))
-            except Exception as exc:  # Retry, Abort, InvalidPayload and handler failures
-                await self._failed(run, exc, start)
-                return
-            except BaseException:
-                # Cancelled (shutdown, grace expired) or KeyboardInterrupt: give it back.
                 with trio.CancelScope(shield=True):
                     await self._release(run)
-                raise
-            if run.scope.cancelled_caught:
+            finally:
+                del self.running[run.token]
+            raise
+        return run
+
+    async def settle(self, run: Running) -> None:
+        """Store the outcome of :meth:`run`: ack, retry with backoff, or dead-letter."""
+        try:
+            if run.error is not None:
+                await self._failed(run, run.error, run.start)
+            elif run.scope.cancelled_caught:
                 if run.cancel_reason == LOST:
-                    self._rejected(ctx, "lease lost during the run")
+                    self._rejected(run.ctx, "lease lost during the run")
                 else:
                     await self._dead(run, f"cancelled: {run.cancel_reason}")
-                return
-            await self._ack(run, result, start)
+            else:
+                await self._ack(run, run.result, run.start)
         finally:
             del self.running[run.token]
 

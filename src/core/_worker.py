@@ -49,7 +49,7 @@ class Worker:
         name: str,
         backend: Backend,
         queue: str,
-        service: Service[Task[bytes], None],
+        service: Acknowledge,
         context: WorkerContext,
         running: dict[int, Running],
         lease_ttl: float,
@@ -171,16 +171,27 @@ class Worker:
     async def _run_one(self, reservation: AbstractAsyncContextManager[None], slot: Slot) -> None:
         # The loop entered the reservation (design.md §3); this task owns it from here and
         # always exits it, on cancellation too. nursery.start per task would cost 3x more.
+        # The reservation covers the run, not the settle: it is given back first, so the
+        # next task is claimed while this one's ack is in flight.
         exc: BaseException | None = None
+        run: Running | None = None
         try:
             task = await self._fetcher.next(slot)
             if task is not None:
-                await self.service(task)
+                run = await self.service.run(task)
         except BaseException as e:
             exc = e
             raise
         finally:
-            await reservation.__aexit__(type(exc) if exc else None, exc, None)
+            try:
+                await reservation.__aexit__(type(exc) if exc else None, exc, None)
+            except BaseException:
+                if run is not None:  # the work is done: store its outcome all the same
+                    with trio.CancelScope(shield=True):
+                        await self.service.settle(run)
+                raise
+        if run is not None:
+            await self.service.settle(run)
 
     async def _watch_stop(self, tasks: trio.Nursery) -> None:
         await self.context.wait_stop_requested()

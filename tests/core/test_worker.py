@@ -557,3 +557,38 @@ async def test_an_idle_worker_holds_no_reservation(autojump_clock: trio.testing.
         idle.context.stop()
         busy.context.stop()
     assert backend.statistics().queues["busy"].done == 4  # two at a time: two seconds
+
+
+async def test_the_reservation_is_given_back_before_the_settle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A slow ack must not hold the slot: the next task runs while the ack is in flight."""
+
+    class SlowAck(MemoryBackend):
+        async def ack(
+            self, task_id: turret.TaskId, token: int, *, result: bytes | None = None
+        ) -> None:
+            await trio.sleep(5)
+            await super().ack(task_id, token, result=result)
+
+    backend = SlowAck()
+    for i in range(3):
+        await backend.push(i)
+    started: list[float] = []
+    most_in_flight = 0
+
+    async def handler(n: int, worker: WorkerContext) -> None:
+        nonlocal most_in_flight
+        started.append(trio.current_time())
+        most_in_flight = max(most_in_flight, worker.in_flight)
+        await trio.sleep(1)
+
+    worker = WorkerBuilder("w").backend(backend).concurrency(1).build(handler)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        await trio.sleep(3.5)
+        worker.context.stop()  # graceful: waits for the three acks still in flight
+    assert started == pytest.approx([0, 1, 2], abs=0.01)
+    assert most_in_flight == 1, "the concurrency limit still holds for the handlers"
+    assert backend.statistics().queues["default"].done == 3
+    assert trio.current_time() == pytest.approx(8, abs=0.01)  # the last ack: 3 + 5
