@@ -46,8 +46,9 @@ class Fetcher:
     """Hands claimed tasks to reserved slots; one backend claim per round of slots.
 
     Only a slot that holds a reservation asks for a task, so a claim never exceeds the
-    stack's free capacity. The first slot to ask leads a round: it claims for itself and
-    every slot that joined, repeating while more slots join during the claim.
+    stack's free capacity. The first slot to ask leads a round: one claim for itself and
+    every slot registered so far. Then it runs its own task at once and passes the lead
+    to a slot that registered during the claim, which claims for the next round.
     """
 
     def __init__(
@@ -118,35 +119,28 @@ class Fetcher:
             self._end_probe()  # this slot's round is over, whatever happened
 
     async def _next(self, slot: Slot) -> Task[bytes] | None:
-        if slot.done:  # a round led by another slot already answered this one
-            return slot.task
-        if (self._closed or self.context.paused) and self._withdraw(slot):
-            return None
-        if not self._leading:
-            self._waiting.remove(slot)
-            self._leading = True
+        while True:
+            if slot.done:  # a round led by another slot answered this one
+                return slot.task
+            if (self._closed or self.context.paused) and self._withdraw(slot):
+                return None
+            if not self._leading and self._withdraw(slot):
+                self._leading = True
+                try:
+                    return await self._round()
+                finally:
+                    self._leading = False
+                    self._pass_lead()
+            # A round is in flight (and may hold this slot): wait for its answer, or to
+            # be handed the lead.
+            slot.event = event = trio.Event()
             try:
-                if not self._waiting:  # fast path: a round of one (the usual case when busy)
-                    with self.context._backend_call():
-                        tasks = await self.backend.claim(
-                            self.queue, owner=self.owner, limit=1, lease_ttl=self.lease_ttl
-                        )
-                    if tasks and not self._waiting and not self._closed:
-                        self.idle = False
-                        return tasks[0]
-                    return await self._lead(tasks)
-                return await self._lead(None)
-            finally:
-                self._leading = False
-        slot.event = trio.Event()
-        try:
-            await slot.event.wait()
-        except BaseException:
-            if not slot.done:
-                slot.gone = True  # a round in progress must not hand it a task
-                self._withdraw(slot)
-            raise
-        return slot.task
+                await event.wait()
+            except BaseException:
+                if not slot.done:
+                    slot.gone = True  # a round in progress must not hand it a task
+                    self._withdraw(slot)
+                raise
 
     def _withdraw(self, slot: Slot) -> bool:
         """Take an unanswered slot out of the queue; False if a claim round holds it."""
@@ -156,49 +150,56 @@ class Fetcher:
             return False
         return True
 
-    async def _lead(self, claimed: list[Task[bytes]] | None) -> Task[bytes] | None:
-        """Run claim rounds until no slot waits; ``claimed``: the fast path's round of one."""
-        mine: Task[bytes] | None = None
-        first = True
-        slots: list[Slot] = []
+    def _pass_lead(self) -> None:
+        """Wake a waiting slot to lead the next round (one not yet running leads itself)."""
+        for slot in self._waiting:
+            if slot.event is not None and not slot.event.is_set():
+                slot.event.set()
+                return
+
+    def _answer_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for slot in waiting:
+            slot.answer(None)
+
+    async def _round(self) -> Task[bytes] | None:
+        """One claim for the leading slot and the slots registered before it."""
+        take = self.max_batch - 1
+        slots, self._waiting = self._waiting[:take], self._waiting[take:]
         try:
-            while first or self._waiting:
-                if claimed is not None:
-                    tasks, want, claimed = claimed, 1, None
-                else:
-                    take = self.max_batch - 1 if first else self.max_batch
-                    slots, self._waiting = self._waiting[:take], self._waiting[take:]
-                    want = len(slots) + first
-                    with self.context._backend_call():
-                        tasks = await self.backend.claim(
-                            self.queue, owner=self.owner, limit=want, lease_ttl=self.lease_ttl
-                        )
-                short = len(tasks) < want
-                handed = iter(tasks)
-                if first:
-                    mine = next(handed, None)
-                    first = False
-                for slot in slots:
-                    slot.answer(None if slot.gone else next(handed, None))
-                slots = []
-                leftover = list(handed)
-                if self._closed:
-                    leftover += [mine] if mine is not None else []
-                    mine = None
-                if leftover:  # claimed for slots that went away: give them back untouched
-                    with trio.CancelScope(shield=True):
-                        for t in leftover:
-                            assert t.ctx.lease is not None
-                            await self.backend.release(t.ctx.id, t.ctx.lease.token)
-                if short or self._closed:
-                    if not self.idle and short:
-                        self.idle = True
-                        self.on_idle()
-                    break
+            want = len(slots) + 1
+            with self.context._backend_call():
+                tasks = await self.backend.claim(
+                    self.queue, owner=self.owner, limit=want, lease_ttl=self.lease_ttl
+                )
+            handed = iter(tasks)
+            mine = next(handed, None)
+            for slot in slots:
+                slot.answer(None if slot.gone else next(handed, None))
+            slots = []
+            leftover = list(handed)
+            if self._closed and mine is not None:
+                leftover.append(mine)
+                mine = None
+            if leftover:  # claimed for slots that went away: give them back untouched
+                with trio.CancelScope(shield=True):
+                    for t in leftover:
+                        assert t.ctx.lease is not None
+                        await self.backend.release(t.ctx.id, t.ctx.lease.token)
+            if len(tasks) < want:
+                # Nothing more is due: the slots still waiting give their reservations back.
+                self._answer_waiting()
+                if not self.idle:
+                    self.idle = True
+                    self.on_idle()
+            elif self._closed:
+                self._answer_waiting()
+            else:
                 self.idle = False
-        finally:
+        except BaseException:
             # Whatever happens to the leader, nobody is left waiting for a round.
-            for slot in slots + self._waiting:
+            for slot in slots:
                 slot.answer(None)
-            self._waiting = []
+            self._answer_waiting()
+            raise
         return mine
