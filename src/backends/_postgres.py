@@ -257,6 +257,8 @@ class PostgresBackend(Producer):
     the schema is created or upgraded on open, under an advisory lock so that
     concurrent starters do not race. A broken connection is replaced and the call
     retried with backoff up to ``reconnect_timeout`` seconds (``None``: for ever).
+    Up to ``max_connections`` pooled connections; ``min_connections`` (default
+    ``min(4, max_connections)``) are opened with the backend.
 
     Example::
 
@@ -280,6 +282,7 @@ class PostgresBackend(Producer):
         result_ttl: float | None = 7 * 86400.0,
         poll_interval: float = 5.0,
         max_connections: int = 8,
+        min_connections: int | None = None,
         migrate: bool = True,
         listen: bool = True,
         connect_timeout: float = 10.0,
@@ -311,6 +314,13 @@ class PostgresBackend(Producer):
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
+        if min_connections is None:
+            min_connections = min(4, max_connections)
+        if not 0 <= min_connections <= max_connections:
+            raise ValueError(
+                f"min_connections must be between 0 and max_connections ({max_connections}), "
+                f"got {min_connections!r}"
+            )
         if connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}")
         if reconnect_timeout is not None and reconnect_timeout < 0:
@@ -333,6 +343,7 @@ class PostgresBackend(Producer):
         self.max_ack_batch = max_ack_batch
         self.application_name = application_name
         self._limiter = trio.CapacityLimiter(max_connections)
+        self.min_connections = min_connections
         self._free: list[TrioConnection] = []
         self._connections = 0
         self._in_flight = 0
@@ -403,10 +414,26 @@ class PostgresBackend(Producer):
                         "or open with migrate=True"
                     )
                 await self.migrate()
+            await self._warm_up()
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    async def _warm_up(self) -> None:
+        """Open ``min_connections`` now, so a burst of work right after open (a worker's
+        first claims and acks) does not wait for new server processes to fork."""
+        missing = self.min_connections - len(self._free)
+
+        async def connect() -> None:
+            async with self._limiter:
+                conn = await trio.to_thread.run_sync(self._open_connection)
+                self._connections += 1
+                self._free.append(conn)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(missing):
+                nursery.start_soon(connect)
 
     async def __aexit__(
         self,
@@ -489,7 +516,9 @@ class PostgresBackend(Producer):
         return conn
 
     def _open_connection(self) -> TrioConnection:
-        return TrioConnection(self._connect())
+        conn = self._connect()
+        conn.pgconn.nonblocking = 1  # flushes wait on trio (Wait.W), never block the loop
+        return TrioConnection(conn)
 
     async def _run(
         self, fn: Callable[[TrioConnection, bool], Awaitable[T]], *, retry: bool = True

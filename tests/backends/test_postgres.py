@@ -419,3 +419,22 @@ async def test_acks_commit_asynchronously_only_for_themselves(dsn: str, schema: 
         for t in tasks:
             info = await backend.get_task(t.id)
             assert info is not None and info.state is TaskState.DONE
+
+
+async def test_min_connections_are_opened_with_the_backend(dsn: str, schema: str) -> None:
+    async with PostgresBackend.open(dsn, schema=schema) as backend:
+        assert backend.statistics().connections == 4  # the default: min(4, max_connections)
+        # The warm connections serve concurrent calls: none is opened on demand.
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(backend.stats)
+        assert backend.statistics().connections == 4
+    async with PostgresBackend.open(dsn, schema=schema, max_connections=2) as backend:
+        assert backend.statistics().connections == 2
+    async with PostgresBackend.open(dsn, schema=schema, min_connections=0) as backend:
+        assert backend.statistics().connections == 1  # the one that checked the schema
+
+
+def test_min_connections_is_checked() -> None:
+    with pytest.raises(ValueError, match="min_connections must be between 0 and max_connections"):
+        PostgresBackend("postgresql://x@h/db", max_connections=2, min_connections=3)
