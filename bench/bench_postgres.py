@@ -5,8 +5,9 @@ Workloads (each on a fresh schema):
 * throughput: 20 000 no-op tasks, concurrency 100, with 1 and 2 worker processes
   (tasks are pushed to a paused queue, workers start and go idle, the clock starts at
   resume);
-* latency: enqueue-to-start p50/p99 of 300 tasks pushed one at a time by another
-  process' connection to idle workers;
+* latency: enqueue-to-start p50/p99 of 300 tasks pushed one at a time, 5 ms apart, by
+  another connection to idle workers (concurrency 10), each woken the way its system
+  does by default (LISTEN/NOTIFY for all three);
 * sleep: 2000 tasks sleeping 10 ms at concurrency 100 (ideal 0.2 s).
 
 Peers run from ``.venv-bench`` (``make bench-peers`` creates it; they are never
@@ -240,10 +241,12 @@ def _peer_remaining(dsn: str, statement: str) -> bool:
 
 async def _pgqueuer_all(dsn: str) -> dict[str, float]:
     import asyncio
+    from datetime import timedelta
 
     import asyncpg
     from pgqueuer import QueueManager
     from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.errors import FailingListenerError
     from pgqueuer.queries import Queries
 
     conn = await asyncpg.connect(dsn)
@@ -257,14 +260,11 @@ async def _pgqueuer_all(dsn: str) -> dict[str, float]:
         wconn = await asyncpg.connect(dsn)
         # pgqueuer >= 0.x: the manager takes the repository (Queries), not the driver.
         qm = QueueManager(Queries(AsyncpgDriver(wconn)))
-        latencies: list[float] = []
 
         @qm.entrypoint(entry, concurrency_limit=CONCURRENCY)
         async def handler(job: Any) -> None:
             if mode == "sleep":
                 await asyncio.sleep(0.01)
-            elif mode == "latency":
-                latencies.append(time.time() - float(job.payload))
 
         start = time.perf_counter()
         task = asyncio.create_task(qm.run(batch_size=batch))
@@ -279,8 +279,46 @@ async def _pgqueuer_all(dsn: str) -> dict[str, float]:
         await wconn.close()
         return took
 
+    async def latency() -> list[float]:
+        # What a user gets from defaults: run()'s batch_size (10) and dequeue_timeout
+        # (30 s, a fallback only: the table's trigger NOTIFYs the manager's LISTEN).
+        wconn = await asyncpg.connect(dsn)
+        qm = QueueManager(Queries(AsyncpgDriver(wconn)))
+        latencies: list[float] = []
+
+        @qm.entrypoint("latency", concurrency_limit=10)
+        async def handler(job: Any) -> None:
+            latencies.append(time.time() - float(job.payload))
+
+        task = asyncio.create_task(qm.run())
+        # Idle before the first push: a NOTIFY probe comes back through the manager's
+        # LISTEN, then it gets time to find the queue empty and wait (as turret's 0.5 s).
+        while True:
+            if task.done():
+                await task
+                raise RuntimeError("pgqueuer's QueueManager stopped before it was ready")
+            with contextlib.suppress(FailingListenerError):
+                await qm.listener_healthy(timedelta(seconds=1))
+                break
+        await asyncio.sleep(0.5)
+        for _ in range(N_LATENCY):  # `conn` is the producer's own connection
+            await queries.enqueue("latency", str(time.time()).encode(), 0)
+            await asyncio.sleep(0.005)
+        deadline = time.perf_counter() + 60
+        while len(latencies) < N_LATENCY and not task.done():
+            if time.perf_counter() > deadline:
+                raise TimeoutError("pgqueuer did not start every latency job")
+            await asyncio.sleep(0.005)
+        qm.shutdown.set()
+        await task
+        await wconn.close()
+        return latencies
+
     results["throughput_1p"] = N_THROUGHPUT / await run("noop", N_THROUGHPUT, None, "noop", 100)
     results["sleep_s"] = await run("sleep", N_SLEEP, None, "sleep", 100)
+    lat = await latency()
+    results["latency_p50_ms"] = 1000 * percentile(lat, 0.5)
+    results["latency_p99_ms"] = 1000 * percentile(lat, 0.99)
     await conn.close()
     return results
 
@@ -299,6 +337,12 @@ async def _procrastinate_all(dsn: str) -> dict[str, float]:
     @app.task(name="sleep", queue="sleep")
     async def sleep() -> None:
         await asyncio.sleep(0.01)
+
+    latencies: list[float] = []
+
+    @app.task(name="latency", queue="lat")
+    async def latency(sent: float) -> None:
+        latencies.append(time.time() - sent)
 
     results: dict[str, float] = {}
     pending = "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs WHERE status IN ('todo','doing'))"
@@ -322,6 +366,43 @@ async def _procrastinate_all(dsn: str) -> dict[str, float]:
 
         results["throughput_1p"] = 5000 / await run(noop, "noop", 5000)
         results["sleep_s"] = await run(sleep, "sleep", N_SLEEP)
+
+        # Worker defaults a user gets: listen_notify=True, fetch_job_polling_interval=5 s
+        # (a fallback only: the jobs table's trigger NOTIFYs the worker's LISTEN).
+        worker = asyncio.create_task(
+            app.run_worker_async(queues=["lat"], concurrency=10, wait=True)
+        )
+        # Idle before the first push: its listener connection sits in LISTEN, then it
+        # gets time to find the queue empty and wait (as turret's 0.5 s).
+        listening = (
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle' AND query LIKE 'LISTEN %procrastinate_queue_v1#lat%')"
+        )
+        deadline = time.perf_counter() + 30
+        while not sql(listening, dsn)[0][0]:
+            if worker.done():  # the worker failed: surface its error instead of hanging
+                await worker
+            if worker.done() or time.perf_counter() > deadline:
+                raise RuntimeError("procrastinate's worker did not start listening")
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.5)
+        # The producer has its own connector (its own connections), as another process would.
+        producer = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
+        async with producer.open_async():
+            deferrer = producer.configure_task("latency", queue="lat")
+            for _ in range(N_LATENCY):
+                await deferrer.defer_async(sent=time.time())
+                await asyncio.sleep(0.005)
+        deadline = time.perf_counter() + 60
+        while len(latencies) < N_LATENCY and not worker.done():
+            if time.perf_counter() > deadline:
+                raise TimeoutError("procrastinate did not start every latency job")
+            await asyncio.sleep(0.005)
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+        results["latency_p50_ms"] = 1000 * percentile(latencies, 0.5)
+        results["latency_p99_ms"] = 1000 * percentile(latencies, 0.99)
     return results
 
 
@@ -374,6 +455,11 @@ def main(which: str = "all") -> int:
     if mine and isinstance(pgq, dict) and pgq.get("throughput_1p"):
         ratio = mine["throughput_1p"] / pgq["throughput_1p"]
         print(f"throughput vs pgqueuer (1 process): {ratio:.2f}x (goal >= 1.5x)")
+    if mine and isinstance(pgq, dict) and "latency_p50_ms" in pgq:
+        print(
+            f"latency p50 vs pgqueuer: {mine['latency_p50_ms']:.1f} ms vs "
+            f"{pgq['latency_p50_ms']:.1f} ms (goal: below)"
+        )
     return 0
 
 
