@@ -8,15 +8,17 @@ a :class:`Metrics` share the same families). Labels are low-cardinality: ``worke
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -136,6 +138,46 @@ def families(registry: CollectorRegistry | None = None) -> Families:
     return fams
 
 
+class _LastEvent:
+    """The event the Metrics of one registry counted last (shared by all of them)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event: object = None
+
+
+_last_events: weakref.WeakKeyDictionary[CollectorRegistry, _LastEvent] = weakref.WeakKeyDictionary()
+
+_live_gauges_dropped_at_exit = False
+
+
+def _drop_live_gauges_at_exit() -> None:
+    """In multiprocess mode, remove this process's ``live*`` gauge files when it exits.
+
+    prometheus_client only forgets a dead process's ``livesum`` values (worker states
+    and statuses) in ``multiprocess.mark_process_dead(pid)``; nothing calls it for
+    independent worker processes, so each process calls it for itself on a normal exit
+    (a killed one leaves its last values until the directory is wiped). Registered once
+    per process, and only when values really are written to files.
+    """
+    global _live_gauges_dropped_at_exit
+    if _live_gauges_dropped_at_exit or not getattr(values.ValueClass, "_multiprocess", False):
+        return
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return
+    _live_gauges_dropped_at_exit = True
+    atexit.register(_mark_this_process_dead, path)
+
+
+def _mark_this_process_dead(path: str) -> None:
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(OSError):
+        multiprocess.mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
+
+
 class _TaskSeries:
     """Pre-resolved children of one (worker, queue) for the event hot path."""
 
@@ -206,6 +248,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry: CollectorRegistry = REGISTRY if registry is None else registry
         self.families = families(self.registry)
+        self._last = _last_events.setdefault(self.registry, _LastEvent())
+        _drop_live_gauges_at_exit()
         self._tasks: dict[tuple[str, str], _TaskSeries] = {}
         self._states: dict[str, str] = {}
         self._workers: dict[str, Worker] = {}
@@ -300,6 +344,12 @@ class Metrics:
 
             monitor.on_event(metrics.on_event)
         """
+        # Each event is counted once per registry, however many Metrics receive it (a
+        # worker's own Metrics and a Monitor's serve_metrics() on the same registry).
+        last = self._last
+        if last.event is event:
+            return
+        last.event = event
         handler = self._dispatch.get(type(event))
         if handler is not None:
             handler(event)

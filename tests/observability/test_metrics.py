@@ -10,6 +10,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 import turret
+import turret.testing
 from turret.backends import MemoryBackend
 from turret.layers import PrometheusLayer
 from turret.observability import Metrics, log_events
@@ -154,3 +155,42 @@ async def test_log_events_structured_fields(
     assert record.worker == "w"
     assert len(record.task_id) == 26
     assert any(getattr(r, "event", None) == "WorkerStarted" for r in caplog.records)
+
+
+async def test_two_metrics_on_one_registry_count_each_event_once(
+    autojump_clock: trio.testing.MockClock, registry: CollectorRegistry
+) -> None:
+    """A worker's own Metrics plus a Monitor's serve_metrics() one: no double counts."""
+    backend = MemoryBackend()
+    for i in range(3):
+        await backend.push(i, queue=QUEUE)
+    mine, monitors = Metrics(registry), Metrics(registry)
+
+    done = trio.Event()
+
+    async def handler(n: int) -> None:
+        if n == 2:
+            done.set()
+
+    worker = (
+        turret.WorkerBuilder("w")
+        .backend(backend)
+        .queue(QUEUE)
+        .concurrency(1)
+        .on_event(mine.on_event)
+        .on_event(monitors.on_event)
+        .build(handler)
+    )
+
+    await worker.run_until(done)  # a graceful stop: the last task is settled too
+    processed = "turret_tasks_processed_total"
+    labels = {"worker": "w", "queue": QUEUE, "outcome": "succeeded"}
+    assert value(registry, processed, **labels) == 3
+    # A second registry is counted on its own.
+    other = CollectorRegistry()
+    separate = Metrics(other)
+    event = turret.TaskSucceeded("w", 0.0, turret.testing.make_task(None, queue=QUEUE).ctx, 0.01)
+    separate.on_event(event)
+    mine.on_event(event)
+    assert value(other, processed, **labels) == 1
+    assert value(registry, processed, **labels) == 4
