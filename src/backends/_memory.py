@@ -291,6 +291,13 @@ class MemoryBackend(Producer):
 
     async def wait_for_work(self, queue: str) -> None:
         q = self._queues[queue]
+        while q.pending and q.pending[0][3].version != q.pending[0][2]:
+            heapq.heappop(q.pending)  # drop stale entries (lazy deletion)
+        if q.pending and not q.paused:
+            # Pushed while no one was waiting (e.g. during the claim that found the queue
+            # short): the wake-up was missed, but the work is there.
+            await trio.lowlevel.checkpoint()
+            return
         due = [heap[0][0] for heap in (q.scheduled, q.leases) if heap] if not q.paused else []
         # The clock may be a user's; sleep on trio's for the same span.
         span = max(0.0, min(due) - self.now()) if due else math.inf

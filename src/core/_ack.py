@@ -28,6 +28,8 @@ log = logging.getLogger("turret.worker")
 
 LOST = "lease lost"
 CANCEL_REQUESTED = "cancel requested"
+#: The worker's grace period ran out: the task is released, without using an attempt.
+SHUTDOWN = "grace period over"
 
 
 class Running:
@@ -130,6 +132,8 @@ class Acknowledge(Service[Task[bytes], None]):
             elif run.scope.cancelled_caught:
                 if run.cancel_reason == LOST:
                     self._rejected(run.ctx, "lease lost during the run")
+                elif run.cancel_reason == SHUTDOWN:
+                    await self._release(run)
                 else:
                     await self._dead(run, f"cancelled: {run.cancel_reason}")
             else:

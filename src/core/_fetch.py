@@ -123,6 +123,10 @@ class Fetcher:
             if slot.done:  # a round led by another slot answered this one
                 return slot.task
             if (self._closed or self.context.paused) and self._withdraw(slot):
+                if not self._leading:
+                    # It may have been handed the lead: hand it on, or the slots parked
+                    # behind it would wait for a round that never comes.
+                    self._pass_lead()
                 return None
             if not self._leading and self._withdraw(slot):
                 self._leading = True
@@ -172,16 +176,18 @@ class Fetcher:
                 tasks = await self.backend.claim(
                     self.queue, owner=self.owner, limit=want, lease_ttl=self.lease_ttl
                 )
-            handed = iter(tasks)
-            mine = next(handed, None)
-            for slot in slots:
-                slot.answer(None if slot.gone else next(handed, None))
+            if self._closed:  # stopped while the claim was in flight: hand out nothing
+                mine, leftover = None, tasks
+                for slot in slots:
+                    slot.answer(None)
+            else:
+                handed = iter(tasks)
+                mine = next(handed, None)
+                for slot in slots:
+                    slot.answer(None if slot.gone else next(handed, None))
+                leftover = list(handed)
             slots = []
-            leftover = list(handed)
-            if self._closed and mine is not None:
-                leftover.append(mine)
-                mine = None
-            if leftover:  # claimed for slots that went away: give them back untouched
+            if leftover:  # claimed for slots that went away, or after a stop: give them back
                 with trio.CancelScope(shield=True):
                     for t in leftover:
                         assert t.ctx.lease is not None

@@ -104,7 +104,9 @@ def build_handler(
             "in `await trio.to_thread.run_sync(...)` inside it"
         )
     try:
-        hints = typing.get_type_hints(fn, include_extras=True)
+        # A callable object's annotations are those of its __call__ (a bound method).
+        target = fn if inspect.isroutine(fn) else fn.__call__  # type: ignore[operator]
+        hints = typing.get_type_hints(target, include_extras=True)
     except Exception as exc:
         raise TypeError(f"handler {fn_name}(): cannot read its annotations: {exc}") from exc
     pos: list[_Resolver] = []

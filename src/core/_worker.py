@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from . import _events as ev
-from ._ack import CANCEL_REQUESTED, LOST, Acknowledge, Running
+from ._ack import CANCEL_REQUESTED, LOST, SHUTDOWN, Acknowledge, Running
 from ._backend import Backend, Renewal
 from ._backoff import Backoff, ExponentialBackoff
 from ._context import WorkerContext, WorkerState, _current
@@ -88,9 +88,11 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`WorkerContext.stop` (graceful) or cancellation.
 
-        On a graceful stop the worker stops claiming, waits for in-flight work including
-        its settle, and after ``grace_period`` (if set) cancels what is left, releasing
-        those tasks to the backend without consuming an attempt.
+        On a graceful stop the worker stops claiming and waits for in-flight work
+        including its settle. After ``grace_period`` (if set) it cancels the handlers
+        still running and releases their tasks without consuming an attempt; settles
+        already under way finish. If the backend has not answered after a second
+        ``grace_period``, everything left is cancelled.
         """
         if self._started:
             raise RuntimeError(f"worker {self.name!r} has already run; build a new one")
@@ -199,6 +201,8 @@ class Worker:
         self._loop_scope.cancel()
         if self.grace_period is not None:
             await trio.sleep(self.grace_period)
+            # Cancel the work, never the bookkeeping: each running task's own scope is
+            # cancelled and the task released, while settles already under way finish.
             if self._running:
                 log.warning(
                     "worker %s: grace period of %gs over; releasing %d task(s)",
@@ -206,6 +210,11 @@ class Worker:
                     self.grace_period,
                     len(self._running),
                 )
+            for run in list(self._running.values()):
+                run.cancel(SHUTDOWN)
+            # A backend that does not answer must not hold the stop for ever: the
+            # releases and settles get as long again, then everything is cancelled.
+            await trio.sleep(self.grace_period)
             tasks.cancel_scope.cancel()
 
     async def _heartbeat_loop(self) -> None:
@@ -298,7 +307,8 @@ class WorkerBuilder:
         return attrs.evolve(self, poll_interval=seconds)
 
     def grace_period(self, seconds: float | None) -> WorkerBuilder:
-        """After ``stop()``, cancel and release what is still running after this long."""
+        """After ``stop()``, cancel the handlers still running after this long and release
+        their tasks (no attempt used); settles under way get as long again to finish."""
         return attrs.evolve(self, grace_period=seconds)
 
     def backoff(self, backoff: Backoff) -> WorkerBuilder:

@@ -554,6 +554,20 @@ async def test_wait_for_work_wakes_on_push_without_time_passing(
         assert trio.current_time() == start
 
 
+async def test_wait_for_work_returns_at_once_for_work_pushed_while_nobody_waited(
+    backend: Backend, vclock: trio.testing.MockClock
+) -> None:
+    """A push made while no worker was waiting (its wake-up went to nobody) is not missed:
+    a worker whose claim ran short just before the push must not sleep a poll interval."""
+    assert await claim(backend, "w") == []  # the short claim
+    await backend.push("x", queue="w")  # nobody waits at this moment
+    start = trio.current_time()
+    with trio.move_on_after(30):  # the worker's poll interval bounds the wait
+        await backend.wait_for_work("w")
+    assert trio.current_time() == start, "waited for a wake-up that had already come"
+    assert len(await claim(backend, "w")) == 1
+
+
 async def test_wait_for_work_returns_when_scheduled_falls_due(
     backend: Backend, vclock: trio.testing.MockClock
 ) -> None:

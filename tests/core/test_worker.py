@@ -288,6 +288,22 @@ async def test_task_parameter_gets_structured_args() -> None:
     assert seen[0].args == Email("x@y.z")
 
 
+async def test_a_callable_object_is_a_handler_resolved_by_its_call_annotations() -> None:
+    backend = MemoryBackend()
+    await backend.push({"to": "x@y.z"})
+
+    class Mailer:
+        def __init__(self) -> None:
+            self.sent: list[tuple[Email, str]] = []
+
+        async def __call__(self, email: Email, worker: WorkerContext) -> None:
+            self.sent.append((email, worker.name))
+
+    mailer = Mailer()
+    await WorkerBuilder("w").backend(backend).build(mailer).run_until(after(0.1))
+    assert mailer.sent == [(Email("x@y.z"), "w")]
+
+
 def test_unresolvable_parameter_fails_at_build_naming_it() -> None:
     backend = MemoryBackend()
 
