@@ -380,10 +380,13 @@ class Monitor:
         return self
 
     def shutdown_timeout(self, seconds: float) -> Monitor:
-        """How long a stopping worker may drain before it is cancelled (default 30 s).
+        """How long a stopping worker may drain before its handlers are cancelled
+        (default 30 s).
 
-        Cancelled workers release their in-flight tasks to the backend without consuming
-        an attempt. Applies to shutdown, ``kill``, ``restart`` and unhealthy workers.
+        Their tasks are released to the backend without consuming an attempt; settles
+        under way finish. A worker still running after as long again (a backend that
+        does not answer) is cancelled outright. Applies to shutdown, ``kill``,
+        ``restart`` and unhealthy workers.
 
         Example::
 
@@ -1015,12 +1018,13 @@ class MonitorHandle:
                         self._set_status(slot, WorkerStatus.UNHEALTHY)
                         self._emit(WorkerUnhealthy(slot.name, now, stalled))
                         ctx.stop()
-        await trio.sleep(monitor._shutdown_timeout)
-        log.warning(
-            "worker %s did not stop within %gs; cancelling it (in-flight tasks are released)",
-            slot.name,
-            monitor._shutdown_timeout,
-        )
+        timeout = monitor._shutdown_timeout
+        await trio.sleep(timeout)
+        # First the handlers (their tasks are released, settles under way finish), then,
+        # if the worker still has not ended (a backend that does not answer), all of it.
+        worker._cancel_work(f"did not stop within {timeout:g}s")
+        await trio.sleep(timeout)
+        log.warning("worker %s still running %gs later; cancelling it", slot.name, timeout)
         scope.cancel()
 
     async def _watchdog(self) -> None:

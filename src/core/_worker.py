@@ -201,21 +201,19 @@ class Worker:
         self._loop_scope.cancel()
         if self.grace_period is not None:
             await trio.sleep(self.grace_period)
-            # Cancel the work, never the bookkeeping: each running task's own scope is
-            # cancelled and the task released, while settles already under way finish.
-            if self._running:
-                log.warning(
-                    "worker %s: grace period of %gs over; releasing %d task(s)",
-                    self.name,
-                    self.grace_period,
-                    len(self._running),
-                )
-            for run in list(self._running.values()):
-                run.cancel(SHUTDOWN)
+            self._cancel_work(f"grace period of {self.grace_period:g}s over")
             # A backend that does not answer must not hold the stop for ever: the
             # releases and settles get as long again, then everything is cancelled.
             await trio.sleep(self.grace_period)
             tasks.cancel_scope.cancel()
+
+    def _cancel_work(self, why: str) -> None:
+        """Cancel the work, never the bookkeeping: each running handler's own scope is
+        cancelled and its task released (no attempt used); settles under way finish."""
+        if self._running:
+            log.warning("worker %s: %s; releasing %d task(s)", self.name, why, len(self._running))
+        for run in list(self._running.values()):
+            run.cancel(SHUTDOWN)
 
     async def _heartbeat_loop(self) -> None:
         while True:

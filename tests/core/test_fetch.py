@@ -361,7 +361,9 @@ async def run_schedule(s: Schedule) -> Outcome:
             await stopped_within(s.stop_bound, "stop while paused")
         elif s.action == "grace":
             ctx.stop()
-            after_grace = s.grace + s.uncancellable + EPS
+            # Handlers are cancelled at the grace period's end; a claim or settle still
+            # under way gets as long again before everything is cancelled.
+            after_grace = 2 * s.grace + s.uncancellable + EPS
             await stopped_within(min(s.stop_bound, after_grace), "stop with a grace period")
         elif s.action == "cancel":
             scope.cancel()

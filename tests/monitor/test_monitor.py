@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -128,6 +130,39 @@ async def test_shutdown_timeout_releases_hung_task(
     assert [t.ctx.id for t in claimed] == [task_id]
     assert claimed[0].ctx.attempt == 1
     assert monitor.statistics().statuses == {"w": WorkerStatus.COMPLETED}
+
+
+async def test_shutdown_timeout_cancels_handlers_but_lets_settles_finish(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """At the timeout the hung handler is cancelled and released; an ack under way then
+    finishes (it is not cut short and left leased to run again after its lease expires)."""
+
+    class SlowAck(MemoryBackend):
+        async def ack(
+            self, task_id: turret.TaskId, token: int, *, result: bytes | None = None
+        ) -> None:
+            await trio.sleep(3)
+            await super().ack(task_id, token, result=result)
+
+    backend = SlowAck()
+    quick, hung = await backend.push(0), await backend.push(1)
+
+    async def handler(n: int) -> None:
+        await trio.sleep(4 if n == 0 else math.inf)
+
+    monitor = (
+        Monitor()
+        .register(lambda i: WorkerBuilder("w").backend(backend).concurrency(2).build(handler))
+        .shutdown_timeout(5)
+    )
+    async with monitor.open() as handle:
+        await trio.sleep(1)
+        handle.shutdown()  # timeout at 6 s; the quick task's ack runs 4-7 s
+        await handle.wait()
+        assert trio.current_time() == pytest.approx(7.0)
+    assert backend.get(quick).state is TaskState.DONE
+    assert (backend.get(hung).state, backend.get(hung).attempt) == (TaskState.PENDING, 0)
 
 
 async def test_graceful_shutdown_lets_tasks_finish(
