@@ -113,6 +113,9 @@ class Fetcher:
 
     async def next(self, slot: Slot) -> Task[bytes] | None:
         """The task for this reserved slot, or ``None`` (none due, paused, or closed)."""
+        if slot.done:  # the usual case when busy: a round answered it before it ran
+            self._end_probe()
+            return slot.task
         try:
             return await self._next(slot)
         finally:

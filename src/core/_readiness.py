@@ -16,11 +16,12 @@ __all__ = ["Readiness", "Tracker"]
 
 
 class _Reservation:
-    __slots__ = ("inner_cm", "owner", "token")
+    """One slot of the worker's limiter; the reservation itself is the borrower."""
+
+    __slots__ = ("inner_cm", "owner")
 
     def __init__(self, owner: Readiness) -> None:
         self.owner = owner
-        self.token = object()
         self.inner_cm: AbstractAsyncContextManager[None] | None = None
 
     async def __aenter__(self) -> None:
@@ -32,15 +33,15 @@ class _Reservation:
             # A free slot is taken without a schedule point, so the worker can reserve
             # several slots in a row and claim for all of them in one batch.
             await trio.lowlevel.checkpoint_if_cancelled()
-            owner.limiter.acquire_on_behalf_of_nowait(self.token)
+            owner.limiter.acquire_on_behalf_of_nowait(self)
         except trio.WouldBlock:
-            await owner.limiter.acquire_on_behalf_of(self.token)
+            await owner.limiter.acquire_on_behalf_of(self)
         cm = owner.inner.ready()
         if cm is not ALWAYS_READY:
             try:
                 await cm.__aenter__()
             except BaseException:
-                owner.limiter.release_on_behalf_of(self.token)
+                owner.limiter.release_on_behalf_of(self)
                 raise
             self.inner_cm = cm
 
@@ -54,7 +55,7 @@ class _Reservation:
             if self.inner_cm is not None:
                 await self.inner_cm.__aexit__(exc_type, exc, tb)
         finally:
-            self.owner.limiter.release_on_behalf_of(self.token)
+            self.owner.limiter.release_on_behalf_of(self)
 
 
 class Readiness(Service[Task[Any], Any]):
