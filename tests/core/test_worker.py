@@ -25,6 +25,8 @@ from turret import (
 from turret.backends import MemoryBackend
 from turret.layers import ConcurrencyLimitLayer
 
+from ..slow_backends import SlowAckBackend
+
 NO_JITTER = turret.ExponentialBackoff(base=1.0, factor=2.0, jitter=False)
 
 
@@ -580,14 +582,7 @@ async def test_the_reservation_is_given_back_before_the_settle(
 ) -> None:
     """A slow ack must not hold the slot: the next task runs while the ack is in flight."""
 
-    class SlowAck(MemoryBackend):
-        async def ack(
-            self, task_id: turret.TaskId, token: int, *, result: bytes | None = None
-        ) -> None:
-            await trio.sleep(5)
-            await super().ack(task_id, token, result=result)
-
-    backend = SlowAck()
+    backend = SlowAckBackend(ack_delay=5)
     for i in range(3):
         await backend.push(i)
     started: list[float] = []

@@ -20,6 +20,7 @@ from turret import (
 )
 from turret.backends import MemoryBackend
 
+from ..slow_backends import SlowAckBackend
 from ._helpers import FailingBackend, HangingBackend, Recorder, until
 
 NO_JITTER = ExponentialBackoff(base=1.0, factor=2.0, max=100.0, jitter=False)
@@ -138,14 +139,7 @@ async def test_shutdown_timeout_cancels_handlers_but_lets_settles_finish(
     """At the timeout the hung handler is cancelled and released; an ack under way then
     finishes (it is not cut short and left leased to run again after its lease expires)."""
 
-    class SlowAck(MemoryBackend):
-        async def ack(
-            self, task_id: turret.TaskId, token: int, *, result: bytes | None = None
-        ) -> None:
-            await trio.sleep(3)
-            await super().ack(task_id, token, result=result)
-
-    backend = SlowAck()
+    backend = SlowAckBackend(ack_delay=3)
     quick, hung = await backend.push(0), await backend.push(1)
 
     async def handler(n: int) -> None:
