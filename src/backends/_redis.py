@@ -244,6 +244,9 @@ class RedisBackend(Producer):
         # per queue, from its latest short claim: the wake-up generation when that claim
         # started, when it returned (monotonic), and its next-due hint
         self._quiet: dict[str, tuple[int, float, bytes | str]] = {}
+        # the wake-up listener starts with the first wait_for_work (a producer needs none)
+        self._nursery: trio.Nursery | None = None
+        self._listening: trio.Event | None = None
         # settle batching
         self._settles: list[_Settle] = []
         self._settle_ready = trio.Event()
@@ -301,7 +304,7 @@ class RedisBackend(Producer):
             await self._call(lambda: client.ping())  # fail fast on a wrong URL / password
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
-            await nursery.start(self._listen)
+            self._nursery = nursery
             await nursery.start(self._flush_settles)
         except BaseException:
             self._client = None
@@ -324,6 +327,8 @@ class RedisBackend(Producer):
                 await stack.aclose()
         finally:
             self._client = None
+            self._nursery = None
+            self._listening = None
             self._scripts.clear()
 
     # --- plumbing ---------------------------------------------------------------------
@@ -430,8 +435,28 @@ class RedisBackend(Producer):
                         self._wakeups += 1
                         self._wake(_s(queue))
 
+    async def _start_listener(self) -> None:
+        """Start the wake-up listener once, on the first wait (producers never wait)."""
+        if self._listening is None:
+            self._redis()  # raises the usual error when the backend is not open
+            assert self._nursery is not None
+            self._listening = listening = trio.Event()
+            try:
+                await self._nursery.start(self._listen)
+            except BaseException:
+                self._listening = None  # the next wait tries again
+                listening.set()
+                raise
+            listening.set()
+        else:
+            await self._listening.wait()
+
     async def wait_for_work(self, queue: str) -> None:
         event = self._events[queue]
+        if self._listening is None or not self._listening.is_set():
+            # Pushes before the listener started woke no one: look at the queue itself.
+            await self._start_listener()
+            self._quiet.pop(queue, None)
         quiet = self._quiet.get(queue)
         if quiet is not None and quiet[0] != self._gen[queue]:
             # Woken since the latest short claim started: what the wake-up announced

@@ -125,6 +125,7 @@ end
 -- run_at and the first lease deadline
 local function next_due(q)
   if redis.call('EXISTS', qkey(q, 'paused')) == 1 then return '' end
+  if redis.call('ZCARD', qkey(q, 'pending')) > 0 then return '0' end  -- due now
   local best = nil
   for _, s in ipairs({'scheduled', 'leases'}) do
     local first = redis.call('ZRANGE', qkey(q, s), 0, 0, 'WITHSCORES')

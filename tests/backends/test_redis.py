@@ -239,3 +239,24 @@ async def test_wait_for_work_sleeps_until_next_run_at(backend: RedisBackend) -> 
 
 def test_public_names() -> None:
     assert turret.backends.RedisBackend is RedisBackend
+
+
+async def test_a_producer_runs_no_wake_up_listener(url: str, backend: RedisBackend) -> None:
+    """Only a backend that waits for work listens for wake-ups (a blocking XREAD on a
+    connection of its own); one that only pushes does not."""
+    producer_name = f"turret-test-{uuid.uuid4().hex[:8]}"
+    async with RedisBackend.open(url, prefix=backend.prefix, client_name=producer_name) as p:
+        for i in range(3):
+            await p.push(i, queue="q")
+        admin: coredis.Redis[bytes] = coredis.Redis.from_url(url)
+        async with admin:
+            commands = [
+                c.get("cmd") for c in await admin.client_list() if c.get("name") == producer_name
+            ]
+        assert "xread" not in commands
+        assert p.statistics().wakeups == 0
+        # The consumer starts listening with its first wait, and misses nothing pushed
+        # before: the three tasks are due at once.
+        with trio.fail_after(5):
+            await backend.wait_for_work("q")
+        assert len(await backend.claim("q", owner="w", limit=5, lease_ttl=10)) == 3
