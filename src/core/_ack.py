@@ -28,8 +28,9 @@ log = logging.getLogger("turret.worker")
 
 LOST = "lease lost"
 CANCEL_REQUESTED = "cancel requested"
-#: The worker's grace period ran out: the task is released, without using an attempt.
-SHUTDOWN = "grace period over"
+#: The worker's grace period (or the Monitor's shutdown timeout) ran out: the handler is
+#: cancelled and its task released, without using an attempt.
+SHUTDOWN = "shutting down"
 
 
 class Running:
