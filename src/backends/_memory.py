@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 import trio
 
-from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
+from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState, check_queue_name
 from ..core._codec import Codec
 from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
@@ -405,12 +405,12 @@ class MemoryBackend(Producer):
 
     async def pause_queue(self, queue: str) -> None:
         await trio.lowlevel.checkpoint()
-        _check_queue_name(queue)
+        check_queue_name(queue)
         self._queues[queue].paused = True
 
     async def resume_queue(self, queue: str) -> None:
         await trio.lowlevel.checkpoint()
-        _check_queue_name(queue)
+        check_queue_name(queue)
         q = self._queues[queue]
         if q.paused:
             q.paused = False
@@ -481,8 +481,3 @@ class MemoryBackend(Producer):
             assert backend.get(task_id).state is TaskState.DONE
         """
         return self._tasks[task_id]
-
-
-def _check_queue_name(queue: str) -> None:
-    if not queue or not isinstance(queue, str):
-        raise ValueError(f"queue must be a non-empty string, got {queue!r}")

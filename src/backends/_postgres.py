@@ -54,7 +54,7 @@ import psycopg.pq
 import trio
 from psycopg.conninfo import conninfo_to_dict
 
-from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
+from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState, check_queue_name
 from ..core._codec import Codec
 from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
@@ -427,9 +427,7 @@ class PostgresBackend(Producer):
 
         async def connect() -> None:
             async with self._limiter:
-                conn = await trio.to_thread.run_sync(self._open_connection)
-                self._connections += 1
-                self._free.append(conn)
+                self._free.append(await self._new_connection())
 
         async with trio.open_nursery() as nursery:
             for _ in range(missing):
@@ -515,6 +513,12 @@ class PostgresBackend(Producer):
             raise
         return conn
 
+    async def _new_connection(self) -> TrioConnection:
+        """A new pool connection, counted; connecting is the only step run in a thread."""
+        conn = await trio.to_thread.run_sync(self._open_connection)
+        self._connections += 1
+        return conn
+
     def _open_connection(self) -> TrioConnection:
         conn = self._connect()
         conn.pgconn.nonblocking = 1  # flushes wait on trio (Wait.W), never block the loop
@@ -546,8 +550,7 @@ class PostgresBackend(Producer):
                 self._in_flight += 1
                 try:
                     if conn is None:
-                        conn = await trio.to_thread.run_sync(self._open_connection)
-                        self._connections += 1
+                        conn = await self._new_connection()
                         if failures:
                             self._reconnects += 1
                     # Once sent, a statement runs to its reply (as it did in a thread):
@@ -1014,8 +1017,7 @@ class PostgresBackend(Producer):
         return await self._run(reclaim)
 
     async def _set_paused(self, queue: str, paused: bool) -> None:
-        if not queue or not isinstance(queue, str):
-            raise ValueError(f"queue must be a non-empty string, got {queue!r}")
+        check_queue_name(queue)
         statement = self._s(sql.SET_PAUSED)
         params = {"queue": queue, "paused": paused, "channel": self.channel}
 

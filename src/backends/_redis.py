@@ -26,7 +26,7 @@ from coredis.commands.script import Script
 from coredis.retry import NoRetryPolicy
 from coredis.tokens import PureToken
 
-from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
+from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState, check_queue_name
 from ..core._codec import Codec
 from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
@@ -694,7 +694,7 @@ class RedisBackend(Producer):
         return int(await self._script("RECLAIM", [_f(self.now()), str(self.max_lost)]))
 
     async def pause_queue(self, queue: str) -> None:
-        _check_queue_name(queue)
+        check_queue_name(queue)
         client = self._redis()
 
         async def run() -> None:
@@ -705,7 +705,7 @@ class RedisBackend(Producer):
         await self._call(run)
 
     async def resume_queue(self, queue: str) -> None:
-        _check_queue_name(queue)
+        check_queue_name(queue)
         client = self._redis()
 
         async def run() -> None:
@@ -817,8 +817,3 @@ def _glob_escape(text: str) -> str:
 def _scrub(text: str, url: str) -> str:
     password = urlsplit(url).password
     return text.replace(password, "***") if password else text
-
-
-def _check_queue_name(queue: str) -> None:
-    if not queue or not isinstance(queue, str):
-        raise ValueError(f"queue must be a non-empty string, got {queue!r}")

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState
+from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState, check_queue_name
 from ..core._codec import Codec
 from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
@@ -800,8 +800,7 @@ class SqliteBackend(Producer):
         return await self._run(reclaim)
 
     async def _set_paused(self, queue: str, paused: bool) -> None:
-        if not queue or not isinstance(queue, str):
-            raise ValueError(f"queue must be a non-empty string, got {queue!r}")
+        check_queue_name(queue)
 
         def pause(conn: sqlite3.Connection) -> None:
             conn.execute(

@@ -62,9 +62,14 @@ class Renewal(enum.Enum):
     CANCEL_REQUESTED = "cancel_requested"
 
 
+def check_queue_name(queue: str) -> None:
+    """Refuse an empty or non-string queue name (what every backend call checks)."""
+    if not queue or not isinstance(queue, str):
+        raise ValueError(f"queue must be a non-empty string, got {queue!r}")
+
+
 def _check_queue(_inst: object, _attr: object, value: str) -> None:
-    if not value or not isinstance(value, str):
-        raise ValueError(f"queue must be a non-empty string, got {value!r}")
+    check_queue_name(value)
 
 
 @attrs.frozen

@@ -48,6 +48,15 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 QUEUE_TIME_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 
+class _LastEvent:
+    """The event the Metrics of one registry counted last (shared by all of them)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event: object = None
+
+
 @attrs.frozen
 class Families:
     """turret's metric families in one registry (see :func:`families`)."""
@@ -60,6 +69,8 @@ class Families:
     worker_state: Gauge
     worker_status: Gauge
     worker_restarts: Counter
+    #: Every Metrics of the registry counts an event once (see ``Metrics.on_event``).
+    last_event: _LastEvent = attrs.field(factory=_LastEvent)
 
 
 _families: weakref.WeakKeyDictionary[CollectorRegistry, Families] = weakref.WeakKeyDictionary()
@@ -137,17 +148,6 @@ def families(registry: CollectorRegistry | None = None) -> Families:
     _families[reg] = fams
     return fams
 
-
-class _LastEvent:
-    """The event the Metrics of one registry counted last (shared by all of them)."""
-
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event: object = None
-
-
-_last_events: weakref.WeakKeyDictionary[CollectorRegistry, _LastEvent] = weakref.WeakKeyDictionary()
 
 _live_gauges_dropped_at_exit = False
 
@@ -248,7 +248,6 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry: CollectorRegistry = REGISTRY if registry is None else registry
         self.families = families(self.registry)
-        self._last = _last_events.setdefault(self.registry, _LastEvent())
         _drop_live_gauges_at_exit()
         self._tasks: dict[tuple[str, str], _TaskSeries] = {}
         self._states: dict[str, str] = {}
@@ -346,7 +345,7 @@ class Metrics:
         """
         # Each event is counted once per registry, however many Metrics receive it (a
         # worker's own Metrics and a Monitor's serve_metrics() on the same registry).
-        last = self._last
+        last = self.families.last_event
         if last.event is event:
             return
         last.event = event
