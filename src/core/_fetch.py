@@ -7,8 +7,12 @@ Then it registers the reserved slot (:meth:`Fetcher.slot`) and spawns the task t
 owns it, which calls :meth:`Fetcher.next`. The first slot to ask leads a round: one
 backend claim for itself and every slot registered so far. Slots registered in the same
 scheduler batch therefore share one claim, and usually find their task already there when
-they first run, without waiting. A slot that gets nothing gives its reservation back, and
-the queue is marked idle until the backend signals new work (or the poll interval passes).
+they first run, without waiting. While a claim is in flight, a second may start for the
+slots that registered since, once there are enough of them (a quarter of ``max_batch``):
+a busy stream then hides one claim's round trip under the other, and slots that free up
+one at a time still share a claim. A slot that gets nothing gives its reservation back,
+and the queue is marked idle until the backend signals new work (or the poll interval
+passes).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from ._context import WorkerContext
 from ._task import Task
 
 __all__ = ["Fetcher"]
+
+#: Claim rounds in flight at once, at most (see ``Fetcher._may_lead``).
+_MAX_ROUNDS = 2
 
 
 class Slot:
@@ -48,7 +55,8 @@ class Fetcher:
     Only a slot that holds a reservation asks for a task, so a claim never exceeds the
     stack's free capacity. The first slot to ask leads a round: one claim for itself and
     every slot registered so far. Then it runs its own task at once and passes the lead
-    to a slot that registered during the claim, which claims for the next round.
+    to a slot that registered during the claim, which claims for the next round. At most
+    two rounds are in flight; the second only for a batch of ``max(2, max_batch // 4)``.
     """
 
     def __init__(
@@ -72,7 +80,11 @@ class Fetcher:
         self.context = context
         self.on_idle = on_idle
         self._waiting: list[Slot] = []
-        self._leading = False
+        self._leading = 0  # claim rounds in flight
+        # A second round may start while one is in flight, once this many slots wait:
+        # it hides a claim's round trip under a busy stream, without a stream of
+        # one-slot claims when slots free up one at a time.
+        self._overlap_at = max(2, max_batch // 4)
         self._closed = False
         # After a wake-up, the first slot claims alone and the loop waits for that round
         # before reserving more: the first task starts without waiting for every free
@@ -131,12 +143,12 @@ class Fetcher:
                     # behind it would wait for a round that never comes.
                     self._pass_lead()
                 return None
-            if not self._leading and self._withdraw(slot):
-                self._leading = True
+            if self._may_lead() and self._withdraw(slot):
+                self._leading += 1
                 try:
                     return await self._round()
                 finally:
-                    self._leading = False
+                    self._leading -= 1
                     self._pass_lead()
             # A round is in flight (and may hold this slot): wait for its answer, or to
             # be handed the lead.
@@ -148,6 +160,12 @@ class Fetcher:
                     slot.gone = True  # a round in progress must not hand it a task
                     self._withdraw(slot)
                 raise
+
+    def _may_lead(self) -> bool:
+        """No round in flight; or one, and enough slots waiting to fill a second."""
+        return not self._leading or (
+            self._leading < _MAX_ROUNDS and len(self._waiting) >= self._overlap_at
+        )
 
     def _withdraw(self, slot: Slot) -> bool:
         """Take an unanswered slot out of the queue; False if a claim round holds it."""
