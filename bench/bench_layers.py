@@ -8,7 +8,9 @@ configuration keeps its best of several rounds. Printed:
 
 - the ratio of the six-layer stack's throughput to the bare stack's (goal >= 0.75);
 - each layer's overhead alone, in microseconds per task: end to end in a worker (its
-  time minus the bare time), and for a direct reserve+call over a no-op service.
+  time minus the bare time), and for a direct reserve+call over a no-op service;
+- for reference, trio's own cost of one ``CancelScope`` with a deadline around a call
+  (what ``trio.fail_after`` costs, and so the floor of ``TimeoutLayer``).
 """
 
 from __future__ import annotations
@@ -105,6 +107,24 @@ async def _direct(make: Callable[[], list[Layer]], calls: int = 20_000) -> float
     return (time.perf_counter() - start) / calls
 
 
+async def _scope_floor(calls: int = 100_000) -> float:
+    """Seconds per ``with trio.CancelScope(deadline=...)`` around an awaited no-op,
+    minus the awaited no-op alone."""
+
+    async def noop() -> None:
+        return None
+
+    start = time.perf_counter()
+    for _ in range(calls):
+        await noop()
+    plain = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(calls):
+        with trio.CancelScope(deadline=trio.current_time() + 60):
+            await noop()
+    return (time.perf_counter() - start - plain) / calls
+
+
 def measure_direct(configs: dict[str, Callable[[], list[Layer]]]) -> dict[str, float]:
     best = {name: float("inf") for name in configs}
     for _ in range(ROUNDS):
@@ -141,6 +161,11 @@ def main() -> int:
     print(
         "  ('in a worker' is the end-to-end difference and is noisy on a busy machine;\n"
         "   'direct call' reserves and calls the layer over a no-op service, no worker)"
+    )
+    floor = min(trio.run(_scope_floor) for _ in range(ROUNDS)) * 1e6
+    print(
+        f"  reference: one trio.CancelScope with a deadline around a call costs {floor:.2f} us\n"
+        "   on its own (trio.fail_after's cost; TimeoutLayer's floor)"
     )
     print(f"  (bench took {time.perf_counter() - t0:.1f}s)")
     return 0
