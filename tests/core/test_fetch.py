@@ -6,10 +6,9 @@ trio's mock clock. The invariants (design.md §3):
 
 1. No task is lost or duplicated: every task ends done exactly once, on its first
    attempt, and none is still leased once the worker has stopped, however it stopped.
-2. A claim asks for at most the reserved slots that hold no task yet; at most two
-   claims are in flight, and the second only for a batch of at least
-   ``max(2, max_batch // 4)`` slots (or ``max_batch``, if smaller); the leases a worker
-   holds never exceed its concurrency plus the settles in flight.
+2. A claim asks for at most the reserved slots that hold no task yet, claims never
+   overlap, and the leases a worker holds never exceed its concurrency plus the settles
+   in flight.
 3. No slot waits forever: the queue drains in bounded time, a stop returns once the work
    in flight is over, and a paused worker ends up holding no reservation.
 4. A claimed task starts at once: a leader runs its own task as soon as its claim
@@ -79,8 +78,6 @@ class SlowClaimBackend(MemoryBackend):
         self.concurrency = 0
         self.calls = 0
         self.claiming = 0
-        self.overlap_at = 1  # the smallest claim that may overlap another (watch() sets it)
-        self.max_claiming = 0
         self.claims: list[Claim] = []
         self.held: set[int] = set()  # tokens leased and not yet settled
         self.settling = 0
@@ -95,8 +92,6 @@ class SlowClaimBackend(MemoryBackend):
             svc = svc.inner
         self.limiter = svc.limiter
         self.concurrency = int(svc.limiter.total_tokens)
-        max_batch = worker._fetcher.max_batch
-        self.overlap_at = min(max(2, max_batch // 4), max_batch)
 
     def plain(self) -> None:
         """Fast and unchecked from now on (for the worker that drains what is left)."""
@@ -114,12 +109,8 @@ class SlowClaimBackend(MemoryBackend):
         start = trio.current_time()
         delay = self.claim_delays[self.calls % len(self.claim_delays)]
         self.calls += 1
-        if self.claiming >= 2:
-            self.violations.append(f"t={start}: a third claim began while two were in flight")
-        elif self.claiming and limit < self.overlap_at:
-            self.violations.append(
-                f"t={start}: a claim for {limit} slot(s) began while another was in flight"
-            )
+        if self.claiming:
+            self.violations.append(f"t={start}: a claim began while another was in flight")
         free = limit
         if self.limiter is not None:
             # Every reservation holds at most one lease; settling tasks hold none.
@@ -129,7 +120,6 @@ class SlowClaimBackend(MemoryBackend):
                     f"t={start}: claim(limit={limit}) with only {free} reserved slot(s) free"
                 )
         self.claiming += 1
-        self.max_claiming = max(self.max_claiming, self.claiming)
         try:
             if self.shield_claim:
                 with trio.CancelScope(shield=True):
@@ -463,33 +453,6 @@ async def test_slots_beyond_max_batch_claim_in_the_next_round(
     s = Schedule(durations=(0.25,) * 40, concurrency=7, max_batch=3, claim_delays=(0.5,))
     out = await run_schedule(s)
     assert max(c.limit for c in out.backend.claims) == 3
-
-
-async def test_a_second_claim_overlaps_a_slow_one_once_enough_slots_wait(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # max_batch 8: a second round may start once 2 slots wait. Half the handlers end
-    # while the claim for the other half's slots (1 s) is in flight: they claim alongside.
-    durations = tuple((0.25, 0.75)[n % 2] for n in range(60))
-    s = Schedule(durations=durations, concurrency=8, max_batch=8, claim_delays=(1.0,))
-    out = await run_schedule(s)
-    assert out.backend.max_claiming == 2
-    overlapping = [
-        b
-        for a, b in zip(out.backend.claims, out.backend.claims[1:], strict=False)
-        if b.start < a.end
-    ]
-    assert overlapping and all(c.limit >= 2 for c in overlapping)
-
-
-async def test_slots_freed_one_by_one_never_start_a_second_claim(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # max_batch 100: a second round needs 25 waiting slots, more than concurrency 8.
-    durations = tuple((0.25, 0.75)[n % 2] for n in range(60))
-    s = Schedule(durations=durations, concurrency=8, claim_delays=(1.0,))
-    out = await run_schedule(s)
-    assert out.backend.max_claiming == 1
 
 
 async def test_settles_in_flight_do_not_count_as_held_slots(
