@@ -7,12 +7,10 @@ Then it registers the reserved slot (:meth:`Fetcher.slot`) and spawns the task t
 owns it, which calls :meth:`Fetcher.next`. The first slot to ask leads a round: one
 backend claim for itself and every slot registered so far. Slots registered in the same
 scheduler batch therefore share one claim, and usually find their task already there when
-they first run, without waiting. While a claim is in flight, a second may start for the
-slots that registered since, once there are enough of them (a quarter of ``max_batch``):
-a busy stream then hides one claim's round trip under the other, and slots that free up
-one at a time still share a claim. A slot that gets nothing gives its reservation back,
-and the queue is marked idle until the backend signals new work (or the poll interval
-passes).
+they first run, without waiting. When a claim returns while more slots wait, the leader
+hands its own task to the first of them and claims again at once, so a busy stream keeps
+one claim in flight back to back. A slot that gets nothing gives its reservation back, and
+the queue is marked idle until the backend signals new work (or the poll interval passes).
 """
 
 from __future__ import annotations
@@ -26,9 +24,6 @@ from ._context import WorkerContext
 from ._task import Task
 
 __all__ = ["Fetcher"]
-
-#: Claim rounds in flight at once, at most (see ``Fetcher._may_lead``).
-_MAX_ROUNDS = 2
 
 
 class Slot:
@@ -54,9 +49,10 @@ class Fetcher:
 
     Only a slot that holds a reservation asks for a task, so a claim never exceeds the
     stack's free capacity. The first slot to ask leads a round: one claim for itself and
-    every slot registered so far. Then it runs its own task at once and passes the lead
-    to a slot that registered during the claim, which claims for the next round. At most
-    two rounds are in flight; the second only for a batch of ``max(2, max_batch // 4)``.
+    every slot registered so far. If slots registered during the claim, it hands its own
+    task to the first of them and leads the next round at once (the next claim starts
+    without waiting for a scheduler batch); otherwise it runs its own task. Claims never
+    overlap.
     """
 
     def __init__(
@@ -80,11 +76,7 @@ class Fetcher:
         self.context = context
         self.on_idle = on_idle
         self._waiting: list[Slot] = []
-        self._leading = 0  # claim rounds in flight
-        # A second round may start while one is in flight, once this many slots wait:
-        # it hides a claim's round trip under a busy stream, without a stream of
-        # one-slot claims when slots free up one at a time.
-        self._overlap_at = max(2, max_batch // 4)
+        self._leading = False
         self._closed = False
         # After a wake-up, the first slot claims alone and the loop waits for that round
         # before reserving more: the first task starts without waiting for every free
@@ -143,12 +135,25 @@ class Fetcher:
                     # behind it would wait for a round that never comes.
                     self._pass_lead()
                 return None
-            if self._may_lead() and self._withdraw(slot):
-                self._leading += 1
+            if not self._leading and self._withdraw(slot):
+                self._leading = True
                 try:
-                    return await self._round()
+                    while True:
+                        mine = await self._round()
+                        if (
+                            mine is None
+                            or not self._waiting
+                            or self.idle
+                            or self._closed
+                            or self.context.paused
+                        ):
+                            return mine
+                        # Slots registered during the claim: the first takes this task
+                        # (any reserved slot can run any task) and we claim for the rest
+                        # now, rather than a scheduler batch later.
+                        self._waiting.pop(0).answer(mine)
                 finally:
-                    self._leading -= 1
+                    self._leading = False
                     self._pass_lead()
             # A round is in flight (and may hold this slot): wait for its answer, or to
             # be handed the lead.
@@ -160,12 +165,6 @@ class Fetcher:
                     slot.gone = True  # a round in progress must not hand it a task
                     self._withdraw(slot)
                 raise
-
-    def _may_lead(self) -> bool:
-        """No round in flight; or one, and enough slots waiting to fill a second."""
-        return not self._leading or (
-            self._leading < _MAX_ROUNDS and len(self._waiting) >= self._overlap_at
-        )
 
     def _withdraw(self, slot: Slot) -> bool:
         """Take an unanswered slot out of the queue; False if a claim round holds it."""
