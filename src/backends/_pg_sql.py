@@ -226,17 +226,31 @@ LIVE_BY_KEY = (
 #: other settles stay durable.
 _ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
 
-ACK = f"""
+
+def _ack(inputs: str, columns: str, result: str, expires: str) -> str:
+    return f"""
     WITH cfg AS ({_ASYNC_COMMIT}), i AS (
-        SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::int8[], %(results)b::bytea[],
-            %(expires)b::float8[], %(nows)b::float8[]) AS i(id, token, result, expires, now)
+        SELECT * FROM unnest({inputs}) AS i({columns})
     )
-    UPDATE {{s}}.tasks t SET state = 'done', result = i.result, result_expires_at = i.expires,
+    UPDATE {{s}}.tasks t SET state = 'done', result = {result}, result_expires_at = {expires},
         owner = NULL, deadline = NULL, cancel_reason = NULL
     FROM i, cfg
     WHERE t.id = i.id AND t.token = i.token AND t.state = 'leased' AND t.deadline > i.now
     RETURNING t.id
 """
+
+
+ACK = _ack(
+    "%(ids)b::text[], %(tokens)b::int8[], %(results)b::bytea[], %(expires)b::float8[], "
+    "%(nows)b::float8[]",
+    "id, token, result, expires, now",
+    "i.result",
+    "i.expires",
+)
+#: ACK for a batch that stores no result (the usual one): two arrays fewer to send.
+ACK_NO_RESULTS = _ack(
+    "%(ids)b::text[], %(tokens)b::int8[], %(nows)b::float8[]", "id, token, now", "NULL", "NULL"
+)
 
 RENEW = f"""
     WITH cfg AS ({_ASYNC_COMMIT}), i AS (

@@ -901,11 +901,14 @@ class PostgresBackend(Producer):
         params = {
             "ids": [r.task_id for r in batch],
             "tokens": [r.token for r in batch],
-            "results": [r.result for r in batch],
-            "expires": [r.expires for r in batch],
             "nows": [r.now for r in batch],
         }
-        statement = self._s(sql.ACK)
+        if any(r.result is not None for r in batch):
+            params["results"] = [r.result for r in batch]
+            params["expires"] = [r.expires for r in batch]
+            statement = self._s(sql.ACK)
+        else:
+            statement = self._s(sql.ACK_NO_RESULTS)
 
         async def flush(conn: TrioConnection, retried: bool) -> dict[str, LeaseLost | None]:
             done = {row[0] for row in await conn.execute(statement, params)}
