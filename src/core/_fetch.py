@@ -7,9 +7,7 @@ Then it registers the reserved slot (:meth:`Fetcher.slot`) and spawns the task t
 owns it, which calls :meth:`Fetcher.next`. The first slot to ask leads a round: one
 backend claim for itself and every slot registered so far. Slots registered in the same
 scheduler batch therefore share one claim, and usually find their task already there when
-they first run, without waiting. When a claim returns while more slots wait, the leader
-hands its own task to the first of them and claims again at once, so a busy stream keeps
-one claim in flight back to back. A slot that gets nothing gives its reservation back, and
+they first run, without waiting. A slot that gets nothing gives its reservation back, and
 the queue is marked idle until the backend signals new work (or the poll interval passes).
 """
 
@@ -35,7 +33,7 @@ class Slot:
         self.task: Task[bytes] | None = None
         self.done = False  # a round has answered it (task may still be None)
         self.event: trio.Event | None = None  # made only if its owner has to wait
-        self.gone = False  # its owner was cancelled before a task was handed to it
+        self.gone = False  # its owner was cancelled while no task was handed to it yet
 
     def answer(self, task: Task[bytes] | None) -> None:
         self.task = task
@@ -49,10 +47,8 @@ class Fetcher:
 
     Only a slot that holds a reservation asks for a task, so a claim never exceeds the
     stack's free capacity. The first slot to ask leads a round: one claim for itself and
-    every slot registered so far. If slots registered during the claim, it hands its own
-    task to the first of them and leads the next round at once (the next claim starts
-    without waiting for a scheduler batch); otherwise it runs its own task. Claims never
-    overlap.
+    every slot registered so far. Then it runs its own task at once and passes the lead
+    to a slot that registered during the claim, which claims for the next round.
     """
 
     def __init__(
@@ -138,20 +134,7 @@ class Fetcher:
             if not self._leading and self._withdraw(slot):
                 self._leading = True
                 try:
-                    while True:
-                        mine = await self._round()
-                        if (
-                            mine is None
-                            or not self._waiting
-                            or self.idle
-                            or self._closed
-                            or self.context.paused
-                        ):
-                            return mine
-                        # Slots registered during the claim: the first takes this task
-                        # (any reserved slot can run any task) and we claim for the rest
-                        # now, rather than a scheduler batch later.
-                        self._waiting.pop(0).answer(mine)
+                    return await self._round()
                 finally:
                     self._leading = False
                     self._pass_lead()
@@ -164,6 +147,13 @@ class Fetcher:
                 if not slot.done:
                     slot.gone = True  # a round in progress must not hand it a task
                     self._withdraw(slot)
+                elif slot.task is not None:
+                    # Answered in the very step our cancellation arrived: nobody will
+                    # run this task, so give it back now rather than at lease expiry.
+                    task, slot.task = slot.task, None
+                    assert task.ctx.lease is not None
+                    with trio.CancelScope(shield=True):
+                        await self.backend.release(task.ctx.id, task.ctx.lease.token)
                 raise
 
     def _withdraw(self, slot: Slot) -> bool:
