@@ -147,6 +147,10 @@ class Fetcher:
                 if not slot.done:
                     slot.gone = True  # a round in progress must not hand it a task
                     self._withdraw(slot)
+                    if not self._leading:
+                        # It may have been handed the lead as it was cancelled: hand it
+                        # on, or the slots parked behind it would wait for ever.
+                        self._pass_lead()
                 elif slot.task is not None:
                     # Answered in the very step our cancellation arrived: nobody will
                     # run this task, so give it back now rather than at lease expiry.

@@ -591,12 +591,14 @@ async def test_close_right_after_a_round_answers_every_parked_slot(
 
 
 @pytest.mark.parametrize("held_by_the_round", [True, False])
-async def test_a_slot_cancelled_as_its_claim_returns_gives_its_task_back(
+async def test_a_slot_cancelled_as_its_claim_returns_loses_nothing(
     autojump_clock: trio.testing.MockClock, held_by_the_round: bool
 ) -> None:
-    # s waits, parked (in the leader's round, or registered during it); its owner's
-    # cancellation arrives in the very step the claim returns, after a task was handed
-    # to it. The task goes back at once instead of staying leased until its lease ends.
+    # s's owner is cancelled in the very step the leader's claim returns.
+    # - s held by the round: the round hands s a task; s gives it back at once instead
+    #   of leaving it leased until its lease ends.
+    # - s registered during the round, t parked behind it: the round hands s the lead;
+    #   s hands it on, so t claims instead of waiting for ever.
     backend = SlowClaimBackend(claim_delays=(1.0,))
     await backend.push_many([Job(n) for n in range(5)])
     fetcher = make_fetcher(backend)
@@ -623,9 +625,16 @@ async def test_a_slot_cancelled_as_its_claim_returns_gives_its_task_back(
             await trio.testing.wait_all_tasks_blocked()  # the leader is claiming
             nursery.start_soon(take, "s", s or fetcher.slot(), scope)
             await trio.testing.wait_all_tasks_blocked()
+            if not held_by_the_round:
+                nursery.start_soon(take, "t", fetcher.slot(), trio.CancelScope())
     assert "s" not in got and got["lead"] is not None
-    assert backend.leased() == 1  # the leader's task only
-    assert backend.claims[0].got == (2 if held_by_the_round else 1)
+    if held_by_the_round:
+        assert [(c.limit, c.got) for c in backend.claims] == [(2, 2)]
+        assert backend.leased() == 1  # the leader's task only
+    else:
+        assert got["t"] is not None
+        assert [(c.limit, c.got) for c in backend.claims] == [(1, 1), (1, 1)]
+        assert backend.leased() == 2
 
 
 async def test_a_worker_behind_load_shed_runs_tasks_with_its_one_permit(
@@ -774,7 +783,7 @@ CLAIM_DELAYS = (0.0, 0.25, 0.5, 1.0, 1.5)
 # cancelled from outside (or a second grace period after the first) is cut short by
 # design; test_grace_period_expiry_during_a_slow_ack_leaves_nothing_leased covers the
 # settles a grace period lets finish, and
-# test_a_slot_cancelled_as_its_claim_returns_gives_its_task_back a cancellation that lands
+# test_a_slot_cancelled_as_its_claim_returns_loses_nothing a cancellation that lands
 # in the very step a claim returns.
 OFF_GRID = 0.1
 
