@@ -125,11 +125,7 @@ class Fetcher:
         while True:
             if slot.done:  # a round led by another slot answered this one
                 return slot.task
-            if (self._closed or self.context.paused) and self._withdraw(slot):
-                if not self._leading:
-                    # It may have been handed the lead: hand it on, or the slots parked
-                    # behind it would wait for a round that never comes.
-                    self._pass_lead()
+            if (self._closed or self.context.paused) and self._leave(slot):
                 return None
             if not self._leading and self._withdraw(slot):
                 self._leading = True
@@ -146,11 +142,7 @@ class Fetcher:
             except BaseException:
                 if not slot.done:
                     slot.gone = True  # a round in progress must not hand it a task
-                    self._withdraw(slot)
-                    if not self._leading:
-                        # It may have been handed the lead as it was cancelled: hand it
-                        # on, or the slots parked behind it would wait for ever.
-                        self._pass_lead()
+                    self._leave(slot)
                 elif slot.task is not None:
                     # Answered in the very step our cancellation arrived: nobody will
                     # run this task, so give it back now rather than at lease expiry.
@@ -159,6 +151,16 @@ class Fetcher:
                     with trio.CancelScope(shield=True):
                         await self.backend.release(task.ctx.id, task.ctx.lease.token)
                 raise
+
+    def _leave(self, slot: Slot) -> bool:
+        """Withdraw a slot that will not claim (paused, closed, cancelled). It may have
+        been handed the lead: hand it on, or the slots parked behind it would wait for a
+        round that never comes. False if a claim round holds the slot."""
+        if not self._withdraw(slot):
+            return False
+        if not self._leading:
+            self._pass_lead()
+        return True
 
     def _withdraw(self, slot: Slot) -> bool:
         """Take an unanswered slot out of the queue; False if a claim round holds it."""
