@@ -7,9 +7,10 @@ across everything it wraps: one limit across several workers.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
@@ -37,8 +38,88 @@ class ConcurrencyLimitStatistics:
     waiting: int
 
 
+class _Slots:
+    """``total`` permits handed out first come, first served, bound to no task.
+
+    A reservation is entered in the worker's loop task and exited in the task that runs
+    the call, so the permit cannot belong to a task (as a ``trio.CapacityLimiter``'s
+    token does). ``free`` is never above zero while a reservation waits: a release hands
+    its permit straight to the longest waiter, so a newcomer cannot overtake it. A
+    waiter cancelled while parked leaves the lot (trio's abort) and holds nothing.
+    """
+
+    __slots__ = ("free", "lot", "total")
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self.lot = trio.lowlevel.ParkingLot()
+
+    def release(self) -> None:
+        if self.lot:
+            self.lot.unpark()  # the permit passes to the first waiter
+        else:
+            self.free += 1
+
+
 class _Permit:
-    """One slot of ``limiter`` (the permit itself is the borrower), then the inner one."""
+    """One of the service's own permits, then the inner reservation."""
+
+    __slots__ = ("inner", "slots")
+
+    def __init__(self, slots: _Slots, inner: AbstractAsyncContextManager[None]) -> None:
+        self.slots = slots
+        self.inner = inner
+
+    async def __aenter__(self) -> None:
+        slots = self.slots
+        if slots.free:  # no schedule point when a permit is free (nobody waits then)
+            slots.free -= 1
+        else:
+            await slots.lot.park()  # woken holding the permit a release handed over
+        try:
+            await self.inner.__aenter__()
+        except BaseException:
+            slots.release()
+            raise
+
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Coroutine[Any, Any, bool | None]:
+        # No coroutine of its own: give the permit back (a waiter woken by it runs only
+        # after this task's next checkpoint), then hand back the inner reservation's exit
+        # for the caller to await.
+        slots = self.slots
+        if slots.lot:
+            slots.lot.unpark()
+        else:
+            slots.free += 1
+        return self.inner.__aexit__(exc_type, exc, tb)
+
+
+class _PermitNowait(_Permit):
+    """``ready_nowait``: a permit now or ``trio.WouldBlock``, then the inner one likewise."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        slots = self.slots
+        if not slots.free:
+            raise trio.WouldBlock
+        slots.free -= 1
+        try:
+            await self.inner.__aenter__()
+        except BaseException:
+            slots.release()
+            raise
+
+
+class _Borrow:
+    """One token of a shared ``limiter`` (the reservation itself is the borrower), then
+    the inner reservation."""
 
     __slots__ = ("inner", "limiter")
 
@@ -50,7 +131,7 @@ class _Permit:
 
     async def __aenter__(self) -> None:
         try:
-            # A free slot is taken without a schedule point (acquire_on_behalf_of always
+            # A free token is taken without a schedule point (acquire_on_behalf_of always
             # yields to the scheduler, which would double the layer's cost).
             self.limiter.acquire_on_behalf_of_nowait(self)
         except trio.WouldBlock:
@@ -61,20 +142,18 @@ class _Permit:
             self.limiter.release_on_behalf_of(self)
             raise
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        try:
-            await self.inner.__aexit__(exc_type, exc, tb)
-        finally:
-            self.limiter.release_on_behalf_of(self)
+    ) -> Coroutine[Any, Any, bool | None]:
+        self.limiter.release_on_behalf_of(self)
+        return self.inner.__aexit__(exc_type, exc, tb)
 
 
-class _PermitNowait(_Permit):
-    """``ready_nowait``: a slot now or ``trio.WouldBlock``, then the inner one likewise."""
+class _BorrowNowait(_Borrow):
+    """``ready_nowait``: a token now or ``trio.WouldBlock``, then the inner one likewise."""
 
     __slots__ = ()
 
@@ -90,28 +169,57 @@ class _PermitNowait(_Permit):
 class ConcurrencyLimit(Service[Req, Res]):
     """The service the concurrency layers build. Ready when a slot is free.
 
-    ``ready()`` takes a slot, then the inner service's reservation; both are released
-    when the reservation exits (also on cancellation).
+    ``limit`` is an int for a limit of this service's own (what
+    :class:`ConcurrencyLimitLayer` passes), or a ``trio.CapacityLimiter`` shared with
+    other services (:class:`GlobalConcurrencyLimitLayer`); ``limiter`` is that limiter,
+    or ``None``. ``ready()`` takes a slot, then the inner service's reservation; both are
+    released when the reservation exits (also on cancellation). Waiters are served
+    first come, first served.
+
+    Example::
+
+        svc = ConcurrencyLimit(inner, 2)
+        async with svc.ready():
+            await svc(req)
     """
 
-    __slots__ = ("inner", "limiter")
+    __slots__ = ("_slots", "inner", "limiter")
 
-    def __init__(self, inner: Service[Req, Res], limiter: trio.CapacityLimiter) -> None:
+    def __init__(self, inner: Service[Req, Res], limit: int | trio.CapacityLimiter) -> None:
         self.inner = inner
-        self.limiter = limiter
+        self.limiter: trio.CapacityLimiter | None
+        self._slots: _Slots | None
+        if isinstance(limit, trio.CapacityLimiter):
+            self.limiter, self._slots = limit, None
+        else:
+            self.limiter, self._slots = None, _Slots(limit)
 
     def ready(self) -> AbstractAsyncContextManager[None]:
-        return _Permit(self.limiter, self.inner.ready())
+        slots = self._slots
+        if slots is not None:
+            return _Permit(slots, self.inner.ready())
+        assert self.limiter is not None
+        return _Borrow(self.limiter, self.inner.ready())
 
     def ready_nowait(self) -> AbstractAsyncContextManager[None]:
         """Like ``ready()``, but entering raises ``trio.WouldBlock`` instead of waiting."""
-        return _PermitNowait(self.limiter, nowait_reservation(self.inner))
+        slots = self._slots
+        if slots is not None:
+            return _PermitNowait(slots, nowait_reservation(self.inner))
+        assert self.limiter is not None
+        return _BorrowNowait(self.limiter, nowait_reservation(self.inner))
 
     async def __call__(self, req: Req, /) -> Res:
         return await self.inner(req)
 
     def statistics(self) -> ConcurrencyLimitStatistics:
         """How many slots are in use and how many reservations wait."""
+        slots = self._slots
+        if slots is not None:
+            return ConcurrencyLimitStatistics(
+                limit=slots.total, in_use=slots.total - slots.free, waiting=len(slots.lot)
+            )
+        assert self.limiter is not None
         s = self.limiter.statistics()
         return ConcurrencyLimitStatistics(
             limit=int(s.total_tokens), in_use=s.borrowed_tokens, waiting=s.tasks_waiting
@@ -144,7 +252,7 @@ class ConcurrencyLimitLayer(Generic[Req, Res]):
             raise ValueError(f"ConcurrencyLimitLayer(n): n must be an int >= 1, got {value!r}")
 
     def layer(self, inner: Service[Req, Res], /) -> ConcurrencyLimit[Req, Res]:
-        return ConcurrencyLimit(inner, trio.CapacityLimiter(self.n))
+        return ConcurrencyLimit(inner, self.n)
 
 
 def _to_limiter(value: trio.CapacityLimiter | int) -> trio.CapacityLimiter:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import turret
@@ -23,6 +24,76 @@ async def test_concurrency_limit_is_not_ready_when_full() -> None:
         assert svc.statistics().in_use == 2
     await assert_ready(svc)
     assert svc.statistics().in_use == 0
+
+
+async def test_concurrency_limit_serves_waiters_in_order() -> None:
+    svc = ConcurrencyLimitLayer[Any, None](1).layer(MockService())
+    order: list[int] = []
+    first = svc.ready()
+    await first.__aenter__()
+
+    async def wait(n: int) -> None:
+        async with svc.ready():
+            order.append(n)
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(wait, n)
+            await trio.testing.wait_all_tasks_blocked()
+        assert svc.statistics() == turret.layers.ConcurrencyLimitStatistics(1, 1, 3)
+        await first.__aexit__(None, None, None)
+        # The permit went to the first waiter: a newcomer cannot overtake it.
+        await assert_not_ready(svc)
+    assert order == [0, 1, 2]
+    assert svc.statistics() == turret.layers.ConcurrencyLimitStatistics(1, 0, 0)
+
+
+async def test_a_cancelled_concurrency_wait_holds_nothing() -> None:
+    svc = ConcurrencyLimitLayer[Any, None](1).layer(MockService())
+    held = svc.ready()
+    await held.__aenter__()
+    with trio.move_on_after(1) as scope:
+        async with svc.ready():
+            pytest.fail("should still be waiting")
+    assert scope.cancelled_caught
+    assert svc.statistics().waiting == 0
+    await held.__aexit__(None, None, None)
+    assert svc.statistics().in_use == 0
+    await assert_ready(svc)
+
+
+async def test_a_permit_handed_to_a_waiter_cancelled_meanwhile_comes_back() -> None:
+    svc = ConcurrencyLimitLayer[Any, None](1).layer(MockService())
+    held = svc.ready()
+    await held.__aenter__()
+    entered: list[bool] = []
+
+    async def wait(scope: trio.CancelScope) -> None:
+        with scope:
+            async with svc.ready():
+                entered.append(True)
+                await trio.sleep_forever()
+
+    scope = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, scope)
+        await trio.testing.wait_all_tasks_blocked()
+        await held.__aexit__(None, None, None)  # hands the permit over...
+        scope.cancel()  # ...and the waiter is cancelled before it runs
+    assert svc.statistics().in_use == 0
+    await assert_ready(svc)
+
+
+async def test_a_concurrency_permit_may_be_released_by_another_task() -> None:
+    # The worker enters a reservation in its loop and exits it in the task it spawns.
+    svc = ConcurrencyLimitLayer[Any, None](1).layer(MockService())
+    reservation = svc.ready()
+    await reservation.__aenter__()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reservation.__aexit__, None, None, None)
+    assert svc.statistics().in_use == 0
+    await assert_ready(svc)
 
 
 async def test_global_limit_is_shared_by_every_service_it_wraps() -> None:
