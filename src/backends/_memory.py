@@ -56,6 +56,7 @@ class StoredTask:
     dead_reason: str | None = None
     result_expires_at: float | None = None
     cancel_reason: str | None = None
+    finished_at: float | None = None
 
     def info(self, now: float) -> TaskInfo:
         """A frozen :class:`~turret.TaskInfo` snapshot (results past retention hidden)."""
@@ -116,7 +117,9 @@ class MemoryBackend(Producer):
     Time comes from ``clock`` (default ``trio.current_time``), so tests can run on
     ``autojump_clock``. Several workers may share one instance; it lives as long as the
     process. ``max_lost`` expired leases make a task poison (dead, "worker lost N
-    times"); results are kept ``result_ttl`` seconds (``None``: forever).
+    times"); results are kept ``result_ttl`` seconds, and a done task's record
+    ``done_ttl`` seconds (at least as long as its result; ``None``: forever). Dead
+    letters are kept until replayed.
 
     Example::
 
@@ -135,6 +138,7 @@ class MemoryBackend(Producer):
         aging: float = 60.0,
         max_lost: int = 3,
         result_ttl: float | None = 7 * 86400.0,
+        done_ttl: float | None = 7 * 86400.0,
     ) -> None:
         self._configure(
             codec=codec,
@@ -144,8 +148,10 @@ class MemoryBackend(Producer):
             aging=aging,
             max_lost=max_lost,
             result_ttl=result_ttl,
+            done_ttl=done_ttl,
         )
         self._tasks: dict[TaskId, StoredTask] = {}
+        self._done: list[tuple[float, TaskId]] = []  # (kept until, id): a heap
         self._queues: dict[str, _Queue] = defaultdict(_Queue)
         self._unique: dict[str, TaskId] = {}
         self._token = 0
@@ -338,10 +344,37 @@ class MemoryBackend(Producer):
     async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
         await _cancel_point()
         rec = self._leased(task_id, token)
+        now = self.now()
         rec.result = result
         if result is not None and self.result_ttl is not None:
-            rec.result_expires_at = self.now() + self.result_ttl
+            rec.result_expires_at = now + self.result_ttl
+        rec.finished_at = now
         self._finish(self._queues[rec.queue], rec, TaskState.DONE)
+        if self.done_ttl is not None:
+            heapq.heappush(self._done, (self.kept_until(now, rec.result_expires_at), rec.id))
+            self._forget_done(now)
+
+    def _forget_done(self, now: float) -> int:
+        """Drop the done tasks kept past ``done_ttl`` (and their result's retention)."""
+        count = 0
+        while self._done and self._done[0][0] <= now:
+            _, task_id = heapq.heappop(self._done)
+            rec = self._tasks.pop(task_id)  # a done task never changes state again
+            self._queues[rec.queue].counts[TaskState.DONE] -= 1
+            count += 1
+        return count
+
+    async def prune(self) -> int:
+        """Forget the done tasks past their retention now; how many. Acks do it too.
+
+        Example::
+
+            backend = MemoryBackend(done_ttl=60)
+            ...                                  # tasks done, then a minute passes
+            forgotten = await backend.prune()    # their records are gone
+        """
+        await trio.lowlevel.checkpoint()
+        return self._forget_done(self.now())
 
     async def retry(self, task_id: TaskId, token: int, *, delay: float, error: str) -> None:
         await _cancel_point()
@@ -383,8 +416,10 @@ class MemoryBackend(Producer):
 
     async def get_task(self, task_id: TaskId) -> TaskInfo | None:
         await trio.lowlevel.checkpoint()
+        now = self.now()
+        self._forget_done(now)
         rec = self._tasks.get(task_id)
-        return None if rec is None else rec.info(self.now())
+        return None if rec is None else rec.info(now)
 
     async def cancel(self, task_id: TaskId, *, reason: str = "cancel requested") -> bool:
         await trio.lowlevel.checkpoint()
@@ -449,6 +484,7 @@ class MemoryBackend(Producer):
 
     async def stats(self) -> list[QueueStats]:
         await trio.lowlevel.checkpoint()
+        self._forget_done(self.now())
         return list(self.statistics().queues.values())
 
     def statistics(self) -> MemoryStatistics:

@@ -185,6 +185,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE {s}.queues ADD COLUMN reclaimed bigint NOT NULL DEFAULT 0",
         _claim_function("CREATE OR REPLACE FUNCTION", _COUNT_RECLAIMED),
     ),
+    # 3: done tasks are forgotten ``done_ttl`` after they finish (``finished_at``); the
+    # done tasks already stored count as finished at the upgrade.
+    (
+        "ALTER TABLE {s}.tasks ADD COLUMN finished_at double precision",
+        "UPDATE {s}.tasks SET finished_at = extract(epoch FROM clock_timestamp()) "
+        "WHERE state = 'done'",
+        "CREATE INDEX tasks_finished ON {s}.tasks (finished_at) WHERE state = 'done'",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -233,7 +241,7 @@ def _ack(inputs: str, columns: str, result: str, expires: str) -> str:
         SELECT * FROM unnest({inputs}) AS i({columns})
     )
     UPDATE {{s}}.tasks t SET state = 'done', result = {result}, result_expires_at = {expires},
-        owner = NULL, deadline = NULL, cancel_reason = NULL
+        finished_at = i.now, owner = NULL, deadline = NULL, cancel_reason = NULL
     FROM i, cfg
     WHERE t.id = i.id AND t.token = i.token AND t.state = 'leased' AND t.deadline > i.now
     RETURNING t.id
@@ -250,6 +258,33 @@ ACK = _ack(
 #: ACK for a batch that stores no result (the usual one): two arrays fewer to send.
 ACK_NO_RESULTS = _ack(
     "%(ids)b::text[], %(tokens)b::int8[], %(nows)b::float8[]", "id, token, now", "NULL", "NULL"
+)
+
+#: Deletes up to ``limit`` done tasks kept past ``done_ttl`` whose result (if any) has
+#: expired too; yields how many. Done tasks with no ``finished_at`` (acked by an older
+#: turret still running) get one. Commits without the WAL flush: a lost prune only
+#: means the rows go at the next one.
+PRUNE = f"""
+    WITH cfg AS ({_ASYNC_COMMIT}), adopted AS (
+        -- acked by a worker of a turret older than schema 3: retention starts now
+        UPDATE {{s}}.tasks t SET finished_at = %(now)s FROM cfg
+        WHERE t.state = 'done' AND t.finished_at IS NULL
+    ), gone AS (
+        SELECT t.id FROM {{s}}.tasks t, cfg
+        WHERE t.state = 'done' AND t.finished_at <= %(cutoff)s
+            AND (t.result_expires_at IS NULL OR t.result_expires_at <= %(now)s)
+        LIMIT %(limit)s
+        FOR UPDATE OF t SKIP LOCKED
+    ), deleted AS (
+        DELETE FROM {{s}}.tasks t USING gone g WHERE t.id = g.id RETURNING 1
+    )
+    SELECT count(*) FROM deleted
+"""
+
+#: ``NOT (KEPT_PAST)``: the row is not a done task past its retention (``get_task``).
+KEPT_PAST = (
+    "(state = 'done' AND finished_at IS NOT NULL AND finished_at <= %(cutoff)s "
+    "AND (result_expires_at IS NULL OR result_expires_at <= %(now)s))"
 )
 
 RENEW = f"""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -60,7 +61,7 @@ from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
 from . import _pg_sql as sql
 from ._pg_conn import TrioConnection
-from ._producer import Producer
+from ._producer import PRUNE_BATCH, PRUNE_EVERY, Producer
 
 __all__ = ["PostgresBackend", "PostgresStatistics", "redact_dsn"]
 
@@ -258,7 +259,9 @@ class PostgresBackend(Producer):
     concurrent starters do not race. A broken connection is replaced and the call
     retried with backoff up to ``reconnect_timeout`` seconds (``None``: for ever).
     Up to ``max_connections`` pooled connections; ``min_connections`` (default
-    ``min(4, max_connections)``) are opened with the backend.
+    ``min(4, max_connections)``) are opened with the backend. A done task's row is kept
+    ``done_ttl`` seconds (at least as long as its result; ``None``: forever), then
+    deleted by a background prune about once a minute; dead letters stay until replayed.
 
     Example::
 
@@ -280,6 +283,7 @@ class PostgresBackend(Producer):
         aging: float = 60.0,
         max_lost: int = 3,
         result_ttl: float | None = 7 * 86400.0,
+        done_ttl: float | None = 7 * 86400.0,
         poll_interval: float = 5.0,
         max_connections: int = 8,
         min_connections: int | None = None,
@@ -304,6 +308,7 @@ class PostgresBackend(Producer):
             aging=aging,
             max_lost=max_lost,
             result_ttl=result_ttl,
+            done_ttl=done_ttl,
         )
         if not _SCHEMA_RE.match(schema):
             raise ValueError(
@@ -360,6 +365,8 @@ class PostgresBackend(Producer):
         self._ack_count = 0
         self._ack_batches = 0
         self._sql: dict[str, str] = {}
+        self._next_prune = -math.inf  # when an ack flush next starts forgetting done tasks
+        self._pruning = False
 
     def __repr__(self) -> str:
         state = "open" if self._open else ("closed" if self._closed else "new")
@@ -930,10 +937,63 @@ class PostgresBackend(Producer):
             return
         self._ack_batches += 1
         self._ack_count += len(batch)
+        self._maybe_prune()
         for r in batch:
             r.finished = True
             r.error = failed.get(r.task_id)
             r.event.set()
+
+    def _maybe_prune(self) -> None:
+        """At most once a minute, forget old done tasks in the background (the backend's
+        own nursery), never on an ack's path."""
+        if self.done_ttl is None or self._pruning or self._nursery is None:
+            return
+        now = self.now()
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY
+            self._pruning = True
+            self._nursery.start_soon(self._prune_in_background)
+
+    async def _prune_in_background(self) -> None:
+        try:
+            while True:
+                # Closing the backend cancels this task: stop before the next statement.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                if await self._prune_batch() < PRUNE_BATCH:
+                    return
+        finally:
+            self._pruning = False
+
+    async def prune(self) -> int:
+        """Forget the done tasks past their retention now; how many. Workers also do it
+        about once a minute, in batches of short transactions.
+
+        Example::
+
+            async with PostgresBackend.open(dsn, done_ttl=86400) as backend:
+                forgotten = await backend.prune()
+        """
+        total = 0
+        while True:
+            n = await self._prune_batch()
+            total += n
+            if n < PRUNE_BATCH:
+                return total
+
+    async def _prune_batch(self) -> int:
+        """Delete up to PRUNE_BATCH done tasks past their retention, in one statement."""
+        if self.done_ttl is None:
+            await trio.lowlevel.checkpoint()
+            return 0
+        now = self.now()
+        params = {"cutoff": now - self.done_ttl, "now": now, "limit": PRUNE_BATCH}
+        statement = self._s(sql.PRUNE)
+
+        async def prune(conn: TrioConnection, retried: bool) -> int:
+            rows = await conn.execute(statement, params)
+            return int(rows[0][0])
+
+        return await self._run(prune)
 
     async def _settle(
         self,
@@ -992,10 +1052,15 @@ class PostgresBackend(Producer):
 
     async def get_task(self, task_id: TaskId) -> TaskInfo | None:
         now = self.now()
-        statement = self._s(f"SELECT {sql.COLUMNS} FROM {{s}}.tasks WHERE id = %s")
+        params: dict[str, Any] = {"id": task_id}
+        where = "id = %(id)s"
+        if self.done_ttl is not None:  # done and past retention, not yet deleted: gone
+            params.update(cutoff=now - self.done_ttl, now=now)
+            where += f" AND NOT {sql.KEPT_PAST}"
+        statement = self._s(f"SELECT {sql.COLUMNS} FROM {{s}}.tasks WHERE {where}")
 
         async def get(conn: TrioConnection, retried: bool) -> tuple[Any, ...] | None:
-            rows = await conn.execute(statement, (task_id,))
+            rows = await conn.execute(statement, params)
             return rows[0] if rows else None
 
         row = await self._run(get)

@@ -7,6 +7,7 @@ size check, the PRODUCER span and the W3C ``traceparent`` header) are written on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -16,7 +17,12 @@ from ..core._errors import PayloadTooLarge
 from ..core._task import TaskId
 from ..observability._propagation import traced_send
 
-__all__ = ["Producer", "check_options"]
+__all__ = ["PRUNE_BATCH", "PRUNE_EVERY", "Producer", "check_options"]
+
+#: How often (backend clock, seconds) a durable backend forgets old done tasks, and how
+#: many it deletes in one statement (short transactions; it goes on while more are due).
+PRUNE_EVERY = 60.0
+PRUNE_BATCH = 1000
 
 
 class Producer:
@@ -39,6 +45,7 @@ class Producer:
     aging: float
     max_lost: int
     result_ttl: float | None
+    done_ttl: float | None = None
 
     def _configure(
         self,
@@ -50,6 +57,7 @@ class Producer:
         aging: float,
         max_lost: int,
         result_ttl: float | None,
+        done_ttl: float | None = None,
     ) -> None:
         """Validate and keep the options every backend shares (from its ``__init__``)."""
         check_options(
@@ -58,6 +66,7 @@ class Producer:
             aging=aging,
             max_lost=max_lost,
             result_ttl=result_ttl,
+            done_ttl=done_ttl,
         )
         self._codec = codec if codec is not None else JsonCodec()
         self._clock = clock
@@ -66,6 +75,22 @@ class Producer:
         self.aging = aging
         self.max_lost = max_lost
         self.result_ttl = result_ttl
+        self.done_ttl = done_ttl
+
+    def kept_until(self, finished_at: float, result_expires_at: float | None) -> float:
+        """When a task that finished (done) at ``finished_at`` is forgotten: ``done_ttl``
+        later, or when its result expires if that is later (``inf`` with ``done_ttl=None``).
+
+        Example::
+
+            backend = MemoryBackend(done_ttl=60, result_ttl=3600)
+            assert backend.kept_until(0.0, None) == 60.0
+            assert backend.kept_until(0.0, 3600.0) == 3600.0
+        """
+        if self.done_ttl is None:
+            return math.inf
+        until = finished_at + self.done_ttl
+        return until if result_expires_at is None else max(until, result_expires_at)
 
     @property
     def codec(self) -> Codec:
@@ -128,6 +153,7 @@ def check_options(
     aging: float,
     max_lost: int,
     result_ttl: float | None,
+    done_ttl: float | None = None,
 ) -> None:
     """Validate the options every backend shares; raise ValueError naming the fix."""
     if default_max_attempts < 1:
@@ -140,3 +166,5 @@ def check_options(
         raise ValueError(f"max_lost must be >= 1 expired lease, got {max_lost}")
     if result_ttl is not None and result_ttl < 0:
         raise ValueError(f"result_ttl must be >= 0 seconds or None (forever), got {result_ttl}")
+    if done_ttl is not None and not done_ttl > 0:
+        raise ValueError(f"done_ttl must be > 0 seconds or None (forever), got {done_ttl}")

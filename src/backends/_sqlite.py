@@ -16,6 +16,7 @@ instead of failing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -32,7 +33,7 @@ from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState, check
 from ..core._codec import Codec
 from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
-from ._producer import Producer
+from ._producer import PRUNE_BATCH, PRUNE_EVERY, Producer
 
 __all__ = ["SCHEMA_VERSION", "SqliteBackend", "SqliteStatistics"]
 
@@ -80,13 +81,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 2: per-queue count of reclaimed leases (QueueStats.reclaimed); existing rows
     # start at 0, queues without a row get one at their first reclaim.
     ("ALTER TABLE turret_queues ADD COLUMN reclaimed INTEGER NOT NULL DEFAULT 0",),
+    # 3: done tasks are forgotten ``done_ttl`` after they finish; the done tasks already
+    # stored count as finished at the upgrade.
+    (
+        "ALTER TABLE turret_tasks ADD COLUMN finished_at REAL",
+        "UPDATE turret_tasks SET finished_at = CAST(strftime('%s', 'now') AS REAL) "
+        "WHERE state = 'done'",
+        "CREATE INDEX turret_tasks_finished ON turret_tasks (finished_at) WHERE state = 'done'",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
     "id, queue, state, payload, priority, attempt, max_attempts, run_at, enqueued_at, "
     "order_key, headers, unique_key, owner, deadline, token, lost, result, "
-    "result_expires_at, last_error, dead_reason, cancel_reason"
+    "result_expires_at, last_error, dead_reason, cancel_reason, finished_at"
 )
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -118,6 +127,7 @@ class _Row:
         "dead_reason",
         "deadline",
         "enqueued_at",
+        "finished_at",
         "headers",
         "id",
         "last_error",
@@ -159,6 +169,7 @@ class _Row:
             self.last_error,
             self.dead_reason,
             self.cancel_reason,
+            self.finished_at,
         ) = row
 
     def info(self, now: float) -> TaskInfo:
@@ -250,6 +261,7 @@ class SqliteBackend(Producer):
         aging: float = 60.0,
         max_lost: int = 3,
         result_ttl: float | None = 7 * 86400.0,
+        done_ttl: float | None = 7 * 86400.0,
         poll_interval: float = 1.0,
         max_threads: int = 4,
         busy_timeout: float = 30.0,
@@ -270,6 +282,7 @@ class SqliteBackend(Producer):
             aging=aging,
             max_lost=max_lost,
             result_ttl=result_ttl,
+            done_ttl=done_ttl,
         )
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
@@ -292,6 +305,7 @@ class SqliteBackend(Producer):
         self._open = False
         self._closed = False
         self._wakeups: dict[str, trio.Event] = {}
+        self._next_prune = -math.inf  # when an ack next forgets old done tasks
 
     def __repr__(self) -> str:
         state = "open" if self._open else ("closed" if self._closed else "new")
@@ -675,20 +689,67 @@ class SqliteBackend(Producer):
     async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
         now = self.now()
         expires = None if result is None or self.result_ttl is None else now + self.result_ttl
+        # At most once a minute, an ack also forgets one batch of old done tasks.
+        prune = self.done_ttl is not None and now >= self._next_prune
+        if prune:
+            self._next_prune = now + PRUNE_EVERY
 
-        def ack(conn: sqlite3.Connection) -> None:
+        def ack(conn: sqlite3.Connection) -> int:
             with _Tx(conn):
                 changed = conn.execute(
                     "UPDATE turret_tasks SET state = 'done', result = ?, result_expires_at = ?, "
-                    "owner = NULL, deadline = NULL, live_key = NULL, cancel_reason = NULL "
+                    "finished_at = ?, owner = NULL, deadline = NULL, live_key = NULL, "
+                    "cancel_reason = NULL "
                     "WHERE id = ? AND token = ? AND state = 'leased' AND deadline > ?",
-                    (result, expires, task_id, token, now),
+                    (result, expires, now, task_id, token, now),
                 ).rowcount
                 if not changed:
                     self._check_lease(conn, task_id, token, now)  # raises LeaseLost
                     raise LeaseLost(f"task {task_id}: lease token {token} refused")
+                return self._prune_in(conn, now) if prune else 0
 
-        await self._run(ack)
+        if await self._run(ack) == PRUNE_BATCH:
+            self._next_prune = now  # more are due: the next ack takes another batch
+
+    def _prune_in(self, conn: sqlite3.Connection, now: float) -> int:
+        """Delete up to PRUNE_BATCH done tasks past their retention (in the caller's
+        transaction, which stays short: SQLite has one writer at a time)."""
+        assert self.done_ttl is not None
+        conn.execute(  # acked by an older turret still running: retention starts now
+            "UPDATE turret_tasks SET finished_at = ? WHERE state = 'done' AND finished_at IS NULL",
+            (now,),
+        )
+        return conn.execute(
+            "DELETE FROM turret_tasks WHERE rowid IN (SELECT rowid FROM turret_tasks "
+            "WHERE state = 'done' AND finished_at <= ? "
+            "AND (result_expires_at IS NULL OR result_expires_at <= ?) LIMIT ?)",
+            (now - self.done_ttl, now, PRUNE_BATCH),
+        ).rowcount
+
+    async def prune(self) -> int:
+        """Forget the done tasks past their retention now; how many. Acks also do it,
+        a batch at a time, about once a minute.
+
+        Example::
+
+            async with SqliteBackend.open("tasks.db", done_ttl=3600) as backend:
+                forgotten = await backend.prune()
+        """
+        if self.done_ttl is None:
+            await trio.lowlevel.checkpoint()
+            return 0
+        now = self.now()
+
+        def prune(conn: sqlite3.Connection) -> int:
+            with _Tx(conn):
+                return self._prune_in(conn, now)
+
+        total = 0
+        while True:
+            n = await self._run(prune)
+            total += n
+            if n < PRUNE_BATCH:
+                return total
 
     def _dead_in(self, conn: sqlite3.Connection, task_id: str, reason: str) -> None:
         conn.execute(
@@ -768,7 +829,13 @@ class SqliteBackend(Producer):
 
         def get(conn: sqlite3.Connection) -> TaskInfo | None:
             row = _fetch_row(conn, task_id)
-            return None if row is None else row.info(now)
+            if row is None or (
+                row.state == "done"
+                and row.finished_at is not None
+                and self.kept_until(row.finished_at, row.result_expires_at) <= now
+            ):
+                return None  # never stored, or done and past retention (not yet deleted)
+            return row.info(now)
 
         return await self._run(get)
 

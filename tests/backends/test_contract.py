@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 import pytest
 import trio
@@ -383,6 +383,101 @@ async def test_ack_stores_result_for_its_retention(
         got = await info(backend, task_id)
         assert got.state is TaskState.DONE
         assert got.result is None
+
+
+class Prunable(Protocol):
+    async def prune(self) -> int: ...
+
+
+@pytest.fixture
+def clocked_kit(kit: Kit) -> Kit:
+    """A kit whose done records expire on the backend's clock (the retention tests move
+    it); Redis expires them by its own clock instead."""
+    if kit.name == "redis":
+        pytest.skip("Redis expires done records by its own clock (see test_redis.py)")
+    return kit
+
+
+async def ack_all(backend: Backend, n: int, result: Any = None) -> list[TaskId]:
+    ids = [await backend.push(i) for i in range(n)]
+    for task in await claim(backend, limit=n):
+        payload = None if result is None else backend.codec.encode(result)
+        await backend.ack(task.ctx.id, task.ctx.lease.token, result=payload)
+    return ids
+
+
+async def test_done_task_is_forgotten_after_done_ttl_and_its_result(
+    clocked_kit: Kit, mock_clock: trio.testing.MockClock
+) -> None:
+    async with clocked_kit.open(
+        clock=trio.current_time, done_ttl=100.0, result_ttl=250.0
+    ) as backend:
+        (plain,) = await ack_all(backend, 1)
+        (with_result,) = await ack_all(backend, 1, result=42)
+        mock_clock.jump(99)
+        assert (await info(backend, plain)).state is TaskState.DONE
+        mock_clock.jump(1)
+        # Gone at done_ttl, before any prune has deleted it.
+        assert await backend.get_task(plain) is None
+        kept = await info(backend, with_result)  # kept as long as its result
+        assert kept.state is TaskState.DONE
+        assert kept.result is not None
+        mock_clock.jump(150)
+        assert await backend.get_task(with_result) is None
+
+
+async def test_prune_deletes_done_tasks_past_retention_only(
+    clocked_kit: Kit, mock_clock: trio.testing.MockClock
+) -> None:
+    async with clocked_kit.open(clock=trio.current_time, done_ttl=100.0) as backend:
+        store = cast(Prunable, backend)
+        old = await ack_all(backend, 3)
+        dead_id = await backend.push("poison")
+        task = await claim_one(backend)
+        await backend.dead(dead_id, task.ctx.lease.token, reason="bad")
+        mock_clock.jump(60)
+        young = await ack_all(backend, 2)
+        waiting = await backend.push("later")
+        mock_clock.jump(40)
+        assert await store.prune() == 3
+        assert await store.prune() == 0
+        (stats,) = await backend.stats()
+        assert (stats.done, stats.dead, stats.pending) == (2, 1, 1)
+        for task_id in old:
+            assert await backend.get_task(task_id) is None
+        for task_id in young:
+            assert (await info(backend, task_id)).state is TaskState.DONE
+        assert (await info(backend, waiting)).state is TaskState.PENDING
+        # Dead letters are kept until replayed, however old.
+        mock_clock.jump(10 * 365 * 86400)
+        assert await store.prune() == 2
+        assert [t.id for t in await backend.dead_letters("default")] == [dead_id]
+
+
+async def test_done_ttl_none_keeps_done_tasks_for_ever(
+    kit: Kit, mock_clock: trio.testing.MockClock
+) -> None:
+    async with kit.open(clock=trio.current_time, done_ttl=None) as backend:
+        (task_id,) = await ack_all(backend, 1)
+        mock_clock.jump(10 * 365 * 86400)
+        if kit.name != "redis":
+            assert await cast(Prunable, backend).prune() == 0
+        assert (await info(backend, task_id)).state is TaskState.DONE
+
+
+async def test_an_ack_forgets_old_done_tasks_on_its_own(
+    clocked_kit: Kit, mock_clock: trio.testing.MockClock
+) -> None:
+    async with clocked_kit.open(clock=trio.current_time, done_ttl=10.0) as backend:
+        await ack_all(backend, 2)
+        mock_clock.jump(61)  # past done_ttl and the minute between prunes
+        await ack_all(backend, 1)
+        for _ in range(10_000):  # PostgreSQL prunes in the background: let it finish
+            (stats,) = await backend.stats()
+            if stats.done == 1:
+                break
+            await trio.lowlevel.checkpoint()
+        assert stats.done == 1
 
 
 async def test_retry_consumes_attempt_and_waits(

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from turret import Job, LeaseLost, TaskContext, TaskState, WorkerBuilder
+from turret import Job, LeaseLost, TaskContext, TaskId, TaskState, WorkerBuilder
 
 from .postgres_kit import PREFIX, postgres_test_dsn
 
@@ -195,11 +195,11 @@ async def test_unmigrated_schema_refused_without_migrate(dsn: str, schema: str) 
 
 def make_v1_schema(dsn: str, schema: str, now: float) -> dict[str, str]:
     """A schema as turret with schema version 1 left it: a waiting task, a task whose
-    lease expired (its worker died), a paused queue, the token sequence at 7."""
+    lease expired (its worker died), a done task, a paused queue, the token sequence at 7."""
     from turret import TaskId
     from turret.backends import _pg_sql as sql
 
-    ids = {"waiting": TaskId.new(), "lost": TaskId.new()}
+    ids = {"waiting": TaskId.new(), "lost": TaskId.new(), "done": TaskId.new()}
     q = f'"{schema}"'
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
         conn.execute(f"CREATE SCHEMA {q}")
@@ -220,6 +220,7 @@ def make_v1_schema(dsn: str, schema: str, now: float) -> dict[str, str]:
         conn.execute(
             insert, (ids["lost"], "leased", b'"b"', 1, t0, t0, t0 + 1, "gone", now - 10, 7)
         )
+        conn.execute(insert, (ids["done"], "done", b'"c"', 1, t0, t0, t0 + 2, None, None, 6))
         conn.execute(f"INSERT INTO {q}.queues (name, paused) VALUES ('paused-q', true)")
         conn.execute(f"SELECT setval('{q}.token', 7)")
     return ids
@@ -239,15 +240,19 @@ async def test_v1_schema_upgrades_in_place(dsn: str, schema: str) -> None:
     now = 1_000_000.0
     ids = await trio.to_thread.run_sync(make_v1_schema, dsn, schema, now)
     assert await trio.to_thread.run_sync(queue_columns, dsn, schema) == ["name", "paused"]
-    with pytest.raises(RuntimeError, match="at version 1, this turret needs 2"):
+    with pytest.raises(RuntimeError, match="at version 1, this turret needs 3"):
         async with PostgresBackend.open(dsn, schema=schema, migrate=False):
             pass
     async with PostgresBackend.open(dsn, schema=schema, clock=lambda: now) as backend:
-        assert backend.statistics().schema_version == 2
-        assert await backend.migrate() == (2, 2)
+        assert backend.statistics().schema_version == 3
+        assert await backend.migrate() == (3, 3)
         stats = {s.queue: s for s in await backend.stats()}
         assert stats["paused-q"].paused
         assert (stats["mail"].pending, stats["mail"].leased, stats["mail"].reclaimed) == (1, 1, 0)
+        # The done task counts as finished at the upgrade (server clock): kept for now.
+        done = await backend.get_task(TaskId(ids["done"]))
+        assert done is not None
+        assert done.state is TaskState.DONE
         # claim() is v2's now: it reclaims the expired lease and counts it.
         tasks = await backend.claim("mail", owner="w", limit=10, lease_ttl=30)
         assert [t.id for t in tasks] == [ids["waiting"], ids["lost"]]
@@ -261,7 +266,7 @@ async def test_v1_schema_upgrades_in_place(dsn: str, schema: str) -> None:
             rows = conn.execute(f'SELECT version FROM "{schema}".migrations ORDER BY 1')
             return [r[0] for r in rows.fetchall()]
 
-    assert await trio.to_thread.run_sync(versions) == [1, 2]
+    assert await trio.to_thread.run_sync(versions) == [1, 2, 3]
     columns = await trio.to_thread.run_sync(queue_columns, dsn, schema)
     assert columns == ["name", "paused", "reclaimed"]
 
@@ -438,3 +443,38 @@ async def test_min_connections_are_opened_with_the_backend(dsn: str, schema: str
 def test_min_connections_is_checked() -> None:
     with pytest.raises(ValueError, match="min_connections must be between 0 and max_connections"):
         PostgresBackend("postgresql://x@h/db", max_connections=2, min_connections=3)
+
+
+async def test_a_done_task_acked_by_an_older_turret_is_pruned_too(dsn: str, schema: str) -> None:
+    """A worker of a turret from before schema 3, still running, acks without setting
+    finished_at: the next prune starts that task's retention, a later one deletes it."""
+    now = [1_000_000.0]
+    async with PostgresBackend.open(
+        dsn, schema=schema, clock=lambda: now[0], done_ttl=100.0
+    ) as backend:
+        task_id = await backend.push("x")
+        (task,) = await backend.claim("default", owner="w", limit=1, lease_ttl=30)
+        await backend.ack(task_id, task.ctx.lease.token)
+
+        def forget_finish() -> None:  # what the old ack statement left
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f'UPDATE "{schema}".tasks SET finished_at = NULL')
+
+        await trio.to_thread.run_sync(forget_finish)
+        now[0] += 1000
+        assert await backend.prune() == 0  # adopted: finished now
+        assert await backend.get_task(task_id) is not None
+        now[0] += 100
+        assert await backend.prune() == 1
+        assert await backend.get_task(task_id) is None
+
+
+async def test_closing_right_after_an_ack_stops_its_background_prune(dsn: str, schema: str) -> None:
+    """The first ack flush starts a prune in the backend's nursery; closing the backend
+    before it has run cancels it cleanly (no call on a closed backend)."""
+    async with PostgresBackend.open(dsn, schema=schema) as backend:
+        task_id = await backend.push("x")
+        (task,) = await backend.claim("default", owner="w", limit=1, lease_ttl=30)
+        await backend.ack(task_id, task.ctx.lease.token)
+        assert backend.statistics().open
+    assert not backend.statistics().open

@@ -113,9 +113,14 @@ async def test_v1_database_upgrades_in_place(tmp_path: Path) -> None:
     assert "reclaimed" not in columns(path, "turret_queues")
     clock = Clock()
     async with SqliteBackend.open(path, clock=clock) as backend:
-        assert backend.statistics().schema_version == SCHEMA_VERSION == 2
-        assert user_version(path) == 2
+        assert backend.statistics().schema_version == SCHEMA_VERSION == 3
+        assert user_version(path) == 3
         assert "reclaimed" in columns(path, "turret_queues")
+        assert "finished_at" in columns(path, "turret_tasks")
+        # The done task counts as finished at the upgrade (wall clock): kept for now.
+        done = await backend.get_task(ids["done"])
+        assert done is not None
+        assert done.state is TaskState.DONE
         # Every task and flag is still there, and the counter starts at 0.
         stats = {s.queue: s for s in await backend.stats()}
         assert sorted(stats) == ["mail", "paused-q", "reports"]
@@ -141,7 +146,7 @@ async def test_v1_database_upgrades_in_place(tmp_path: Path) -> None:
     # Opening again is a no-op migration: the counter is durable.
     async with SqliteBackend.open(path, clock=clock) as backend:
         assert {s.queue: s.reclaimed for s in await backend.stats()}["mail"] == 1
-    assert user_version(path) == 2
+    assert user_version(path) == 3
 
 
 async def test_database_from_a_newer_turret_is_refused(tmp_path: Path) -> None:
@@ -152,3 +157,24 @@ async def test_database_from_a_newer_turret_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="upgrade turret"):
         async with SqliteBackend.open(path):
             pass
+
+
+async def test_a_done_task_acked_by_an_older_turret_is_pruned_too(tmp_path: Path) -> None:
+    """A worker of a turret from before schema 3, still running, acks without setting
+    finished_at: the next prune starts that task's retention, a later one deletes it."""
+    clock = Clock()
+    path = tmp_path / "tasks.db"
+    async with SqliteBackend.open(path, clock=clock, done_ttl=100.0) as backend:
+        task_id = await backend.push("x")
+        (task,) = await backend.claim("default", owner="w", limit=1, lease_ttl=30)
+        await backend.ack(task_id, task.ctx.lease.token)
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.execute("UPDATE turret_tasks SET finished_at = NULL")  # as the old ack did
+        conn.close()
+        clock.now += 1000
+        assert await backend.prune() == 0  # adopted: finished now
+        assert await backend.get_task(task_id) is not None
+        clock.now += 100
+        assert await backend.prune() == 1
+        assert await backend.get_task(task_id) is None

@@ -7,6 +7,7 @@ import uuid
 import psycopg
 import pytest
 
+from turret.backends import _pg_sql
 from turret.cli import main
 
 
@@ -19,7 +20,7 @@ def test_db_migrate_creates_the_schema_and_is_idempotent(
         assert main(["db", "migrate", "--dsn", postgres_dsn, "--schema", schema]) == 0
         out = capsys.readouterr().out
         assert out.count(f"schema {schema!r}") == 2
-        assert "is at version 2" in out
+        assert f"is at version {_pg_sql.SCHEMA_VERSION}" in out
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
