@@ -265,10 +265,14 @@ ACK_NO_RESULTS = _ack(
 #: turret still running) get one. Commits without the WAL flush: a lost prune only
 #: means the rows go at the next one.
 PRUNE = f"""
-    WITH cfg AS ({_ASYNC_COMMIT}), adopted AS (
+    WITH cfg AS ({_ASYNC_COMMIT}), unfinished AS (
         -- acked by a worker of a turret older than schema 3: retention starts now
-        UPDATE {{s}}.tasks t SET finished_at = %(now)s FROM cfg
+        SELECT t.id FROM {{s}}.tasks t, cfg
         WHERE t.state = 'done' AND t.finished_at IS NULL
+        LIMIT %(limit)s
+        FOR UPDATE OF t SKIP LOCKED
+    ), adopted AS (
+        UPDATE {{s}}.tasks t SET finished_at = %(now)s FROM unfinished u WHERE t.id = u.id
     ), gone AS (
         SELECT t.id FROM {{s}}.tasks t, cfg
         WHERE t.state = 'done' AND t.finished_at <= %(cutoff)s

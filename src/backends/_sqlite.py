@@ -716,8 +716,9 @@ class SqliteBackend(Producer):
         transaction, which stays short: SQLite has one writer at a time)."""
         assert self.done_ttl is not None
         conn.execute(  # acked by an older turret still running: retention starts now
-            "UPDATE turret_tasks SET finished_at = ? WHERE state = 'done' AND finished_at IS NULL",
-            (now,),
+            "UPDATE turret_tasks SET finished_at = ? WHERE rowid IN (SELECT rowid FROM "
+            "turret_tasks WHERE state = 'done' AND finished_at IS NULL LIMIT ?)",
+            (now, PRUNE_BATCH),
         )
         return conn.execute(
             "DELETE FROM turret_tasks WHERE rowid IN (SELECT rowid FROM turret_tasks "
