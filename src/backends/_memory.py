@@ -56,7 +56,6 @@ class StoredTask:
     dead_reason: str | None = None
     result_expires_at: float | None = None
     cancel_reason: str | None = None
-    finished_at: float | None = None
 
     def info(self, now: float) -> TaskInfo:
         """A frozen :class:`~turret.TaskInfo` snapshot (results past retention hidden)."""
@@ -348,7 +347,6 @@ class MemoryBackend(Producer):
         rec.result = result
         if result is not None and self.result_ttl is not None:
             rec.result_expires_at = now + self.result_ttl
-        rec.finished_at = now
         self._finish(self._queues[rec.queue], rec, TaskState.DONE)
         if self.done_ttl is not None:
             heapq.heappush(self._done, (self.kept_until(now, rec.result_expires_at), rec.id))
