@@ -17,6 +17,8 @@ Workloads, each with the same sizes as turret's (see bench_redis.py):
   ``LATENCY_BUDGET`` seconds of samples, so a polling peer reports fewer samples);
 * sleep: 2000 tasks sleeping 10 ms, enqueued first, worker concurrency 100.
 
+``TURRET_BENCH_WORKLOADS`` (comma-separated, default all three) picks the workloads run.
+
 Each peer uses its own Redis database (arq 11, saq 12, streaq 13, taskiq 14, dramatiq 15;
 ``TURRET_BENCH_PEER_DB_BASE`` moves them): a database is used only when it is empty or
 holds this harness's marker key, and is emptied afterwards with SCAN + UNLINK (never
@@ -47,6 +49,8 @@ CONCURRENCY = 100
 LATENCY_BUDGET = 20.0  # seconds of latency sampling at most
 RUN_TIMEOUT = 90.0  # seconds for one timed batch
 MARKER = "turret-bench-peer-db"
+#: The workloads to run (``TURRET_BENCH_WORKLOADS=latency`` for the latency one only).
+WORKLOADS = os.environ.get("TURRET_BENCH_WORKLOADS", "throughput,latency,sleep").split(",")
 DB = {"arq": 11, "saq": 12, "streaq": 13, "taskiq": 14, "dramatiq": 15}
 
 
@@ -231,6 +235,8 @@ class AsyncPeer:
 
             steps = [("throughput", tp), ("latency", lat), ("sleep", slp)]
             for label, step in steps:
+                if label not in WORKLOADS:
+                    continue
                 log(f"{self.name}: {label}")
                 try:
                     await step()
@@ -529,6 +535,8 @@ def run_dramatiq(url: str) -> dict[str, Any]:
         ("latency", lambda: summarize(latency(), out, notes)),
         ("sleep", lambda: out.update(sleep_s=timed("sleep", N_SLEEP))),
     ):
+        if label not in WORKLOADS:
+            continue
         log(f"dramatiq: {label}")
         try:
             step()

@@ -15,6 +15,7 @@ dependencies); when it is missing the peers are skipped with a note.
 
     make bench                          # or: .venv/bin/python bench/bench_redis.py
     .venv/bin/python bench/bench_redis.py turret      # turret only
+    .venv/bin/python bench/bench_redis.py latency 5 taskiq saq   # latency only, 5 rounds
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def _stop(procs: list[subprocess.Popen[str]]) -> None:
         p.wait(timeout=30)
 
 
-def turret_results() -> dict[str, Any]:
+def turret_results(
+    workloads: tuple[str, ...] = ("throughput", "latency", "sleep"),
+) -> dict[str, Any]:
     import trio
 
     from turret import Job
@@ -179,13 +182,16 @@ def turret_results() -> dict[str, Any]:
         return samples
 
     async def main() -> None:
-        for procs_n in (1, 2):
-            elapsed = await run_batch(procs_n, N_THROUGHPUT, "noop")
-            out[f"throughput_{procs_n}p"] = N_THROUGHPUT / elapsed
-        lat = await latency()
-        out["latency_p50_ms"] = statistics.median(lat) * 1000
-        out["latency_p99_ms"] = statistics.quantiles(lat, n=100)[98] * 1000
-        out["sleep_s"] = await run_batch(1, N_SLEEP, "sleep")
+        if "throughput" in workloads:
+            for procs_n in (1, 2):
+                elapsed = await run_batch(procs_n, N_THROUGHPUT, "noop")
+                out[f"throughput_{procs_n}p"] = N_THROUGHPUT / elapsed
+        if "latency" in workloads:
+            lat = await latency()
+            out["latency_p50_ms"] = statistics.median(lat) * 1000
+            out["latency_p99_ms"] = statistics.quantiles(lat, n=100)[98] * 1000
+        if "sleep" in workloads:
+            out["sleep_s"] = await run_batch(1, N_SLEEP, "sleep")
 
     trio.run(main)
     return out
@@ -194,17 +200,21 @@ def turret_results() -> dict[str, Any]:
 # --- peers (run with .venv-bench's python) --------------------------------------------
 
 
-def peer_results(system: str) -> dict[str, Any] | str:
+def peer_results(system: str, workloads: str = "") -> dict[str, Any] | str:
     if not PEER_PYTHON.exists():
         return "skipped: no .venv-bench (run `make bench-peers`)"
     if not PEERS_SCRIPT.exists():
         return f"not measured: the peer harness {PEERS_SCRIPT.name} is not written yet"
+    env = dict(os.environ)
+    if workloads:
+        env["TURRET_BENCH_WORKLOADS"] = workloads
     proc = subprocess.run(
         [str(PEER_PYTHON), str(PEERS_SCRIPT), system, URL],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=600,
+        env=env,
     )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -222,6 +232,39 @@ def _fmt(value: Any, unit: str) -> str:
     if isinstance(value, (int, float)):
         return f"{value:10.1f} {unit}" if unit != "tasks/s" else f"{value:10.0f} {unit}"
     return "         -"
+
+
+def latency_rounds(rounds: int, peers: list[str]) -> int:
+    """The latency workload only, turret and ``peers`` alternating, ``rounds`` times
+    (the machine's noise hits every system alike); prints each run and the ranges."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in ["turret", *peers]}
+    for k in range(rounds):
+        for name in runs:
+            if name == "turret":
+                r: dict[str, Any] | str = turret_results(("latency",))
+            else:
+                r = peer_results(name, "latency")
+            if isinstance(r, str) or "latency_p50_ms" not in r:
+                print(f"round {k + 1} {name:8} {r}", flush=True)
+                continue
+            runs[name].append((r["latency_p50_ms"], r["latency_p99_ms"]))
+            print(
+                f"round {k + 1} {name:8} p50 {r['latency_p50_ms']:6.3f} ms"
+                f"  p99 {r['latency_p99_ms']:6.3f} ms",
+                flush=True,
+            )
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} CPUs")
+    for name, got in runs.items():
+        if got:
+            p50s = sorted(p for p, _ in got)
+            p99s = sorted(p for _, p in got)
+            print(
+                f"{name:8} p50 {p50s[0]:.3f}-{p50s[-1]:.3f} ms"
+                f" (median {statistics.median(p50s):.3f})"
+                f"  p99 {p99s[0]:.3f}-{p99s[-1]:.3f} ms  ({len(got)} runs)"
+            )
+    return 0
 
 
 def main(which: str = "all") -> int:
@@ -267,4 +310,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_worker":
         _worker_process(sys.argv[2], sys.argv[3])
         sys.exit(0)
+    if len(sys.argv) > 1 and sys.argv[1] == "latency":
+        n = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+        sys.exit(latency_rounds(n, sys.argv[3:] or ["taskiq"]))
     sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "all"))

@@ -7,6 +7,7 @@ channel; settles from one process are coalesced into one script call per round t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -55,6 +56,15 @@ _PUSH_CHUNK = 1000  # jobs per script call (one pipeline, one round trip)
 _SETTLE_CHUNK = 500  # settles per script call
 #: How long a short claim's next-due hint stands in for a NEXT_DUE call (seconds).
 _HINT_FRESH = 0.05
+#: A handoff registration lives this long (backend clock) unless renewed: a crashed
+#: process's registration stops taking tasks after this (one task at most).
+_REG_TTL = 3.0
+#: A waiter renews its registration this often while it waits (seconds).
+_REG_RENEW = 1.0
+#: A handed-off task nobody in this process claims within this time is given back.
+_HOLD = 1.0
+#: Longest block of the inbox loop's BLMPOP (seconds).
+_INBOX_BLOCK = 5.0
 
 
 def redact_url(url: str) -> str:
@@ -92,7 +102,8 @@ class RedisStatistics:
     """A snapshot of a :class:`RedisBackend`'s client side (see ``statistics()``).
 
     ``round_trips`` counts script calls; ``settles / settle_batches`` is the average
-    number of ack/retry/dead/release calls coalesced per round trip.
+    number of ack/retry/dead/release calls coalesced per round trip; ``handoffs``
+    counts tasks a push leased straight to this process's idle workers.
 
     Example::
 
@@ -107,6 +118,8 @@ class RedisStatistics:
     settles: int
     settle_batches: int
     wakeups: int
+    #: Tasks leased to this process by a push (handoff), without a claim round trip.
+    handoffs: int = 0
 
 
 class _Pool(coredis.ConnectionPool[Any]):
@@ -155,6 +168,21 @@ class _Pool(coredis.ConnectionPool[Any]):
                         stream = getattr(connection, name, None)
                         if stream is not None:
                             stream.close()
+
+
+class _Wait:
+    """One wait_for_work in progress: a wake-up cancels its scope."""
+
+    __slots__ = ("scope", "woken")
+
+    def __init__(self) -> None:
+        self.scope: trio.CancelScope | None = None
+        self.woken = False
+
+    def wake(self) -> None:
+        self.woken = True
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 class _Settle:
@@ -224,6 +252,11 @@ class RedisBackend(Producer):
             raise ValueError(f"done_ttl must be > 0 seconds or None (forever), got {done_ttl}")
         if reconnect_timeout < 0:
             raise ValueError(f"reconnect_timeout must be >= 0 seconds, got {reconnect_timeout}")
+        if max_connections < 4:
+            raise ValueError(
+                "max_connections must be >= 4 (the wake-up listener, the inbox and the "
+                f"connection script calls share each hold one), got {max_connections}"
+            )
         self._url = url or os.environ.get("TURRET_REDIS_URL") or DEFAULT_REDIS_URL
         self.prefix = prefix
         self.done_ttl = done_ttl
@@ -236,10 +269,14 @@ class RedisBackend(Producer):
             self._keep_ms = str(max(1, math.ceil(max(done_ttl, result_ttl) * 1000)))
         self._ttl = "" if result_ttl is None else _f(result_ttl)
         self._client: coredis.Redis[bytes] | None = None
+        self._pool: coredis.ConnectionPool[Any] | None = None
         self._scripts: dict[str, Script[bytes]] = {}
+        # the connection script calls are multiplexed on (see _fast)
+        self._hot: Any = None
+        self._hot_lock = trio.Lock()
         self._stack: AsyncExitStack | None = None
-        # wake-ups: one event and one generation counter per queue
-        self._events: dict[str, trio.Event] = defaultdict(trio.Event)
+        # wake-ups: the waits in progress and one generation counter per queue
+        self._waits: dict[str, set[_Wait]] = defaultdict(set)
         self._gen: dict[str, int] = defaultdict(int)
         # per queue, from its latest short claim: the wake-up generation when that claim
         # started, when it returned (monotonic), and its next-due hint
@@ -256,6 +293,18 @@ class RedisBackend(Producer):
         self._settle_count = 0
         self._settle_batches = 0
         self._wakeups = 0
+        # handoffs (see _redis_lua): this process's inbox, its registration per queue,
+        # and the tasks handed to it that no claim has taken yet
+        self._inbox = ""
+        self._inbox_running = False  # started with the listener
+        self._inbox_conn: Any = None  # a connection of its own: it blocks in BLMPOP
+        self._inbox_req: Any = None  # the BLMPOP in flight, awaited by the waits
+        self._inbox_lock = trio.Lock()
+        self._claimed_as: dict[str, tuple[str, float]] = {}  # queue: owner, lease ttl
+        self._member: dict[str, str] = {}  # queue: the registration's member
+        self._registered: set[str] = set()  # queues whose registration may be live
+        self._stash: dict[str, list[tuple[float, Task[bytes]]]] = {}
+        self._handoffs = 0
 
     def __repr__(self) -> str:
         state = "open" if self._client is not None else "closed"
@@ -297,11 +346,11 @@ class RedisBackend(Producer):
             )
             await stack.enter_async_context(client)
             self._client = client
-            for name in ("PUSH", "CLAIM", "SETTLE", "RENEW", "CANCEL", "RECLAIM", "REPLAY"):
-                self._scripts[name] = client.register_script(getattr(lua, name))
-            for name in ("STATS", "NEXT_DUE", "DEAD_LETTERS"):
+            self._pool = pool
+            for name in lua.__all__:
                 self._scripts[name] = client.register_script(getattr(lua, name))
             await self._call(lambda: client.ping())  # fail fast on a wrong URL / password
+            await self._call(self._load_scripts)  # EVALSHA from the first call on
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
             self._nursery = nursery
@@ -313,9 +362,13 @@ class RedisBackend(Producer):
             raise
         self._closed = False
         self._stack = stack
+        self._inbox = os.urandom(8).hex()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._stack is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._drain_inbox()
         stack, self._stack = self._stack, None
         self._closed = True
         for op in self._settles:
@@ -327,9 +380,16 @@ class RedisBackend(Producer):
                 await stack.aclose()
         finally:
             self._client = None
+            self._pool = None
+            self._hot = None
             self._nursery = None
             self._listening = None
+            self._inbox_running = False
+            self._inbox_conn = None
+            self._inbox_req = None
             self._scripts.clear()
+            self._registered.clear()
+            self._stash.clear()
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -371,20 +431,59 @@ class RedisBackend(Producer):
 
     async def _script(self, name: str, args: Sequence[str | bytes | int]) -> Any:
         self._redis()
+        return await self._call(lambda: self._fast(name, args))
+
+    async def _fast(self, name: str, args: Sequence[str | bytes | int]) -> Any:
+        """One ``EVALSHA`` straight on a held connection of the pool.
+
+        coredis's command path (telemetry span, retry policy, a pool checkout behind a
+        lock, response callbacks) costs about as much as the round trip itself; the
+        connection's own ``create_request`` multiplexes concurrent calls just the same.
+        """
+        conn = self._hot
+        if conn is None or not conn.usable:
+            conn = await self._hot_connection()
         script = self._scripts[name]
         key = self.prefix + "token"  # routes the call to the prefix's slot
-        return await self._call(lambda: script(keys=[key], args=[self.prefix, *args]))
+        try:
+            return await conn.create_request(
+                b"EVALSHA", script.sha, 1, key, self.prefix, *args, decode=False
+            )
+        except coredis.exceptions.NoScriptError:  # Redis restarted, or SCRIPT FLUSH
+            await self._redis().script_load(script.script)
+            return await conn.create_request(
+                b"EVALSHA", script.sha, 1, key, self.prefix, *args, decode=False
+            )
+
+    async def _load_scripts(self) -> None:
+        client = self._redis()
+        async with client.pipeline(transaction=False) as pipe:
+            for script in self._scripts.values():
+                pipe.script_load(script.script)
+
+    async def _hot_connection(self) -> Any:
+        async with self._hot_lock:
+            conn = self._hot
+            if conn is not None and conn.usable:
+                return conn
+            pool = self._pool
+            assert pool is not None
+            self._hot = None
+            if conn is not None:
+                pool.release(conn)
+            conn = await pool.get_connection()
+            self._hot = conn
+            return conn
 
     # --- wake-ups ---------------------------------------------------------------------
 
     def _wake(self, queue: str) -> None:
         self._gen[queue] += 1
-        event = self._events.pop(queue, None)
-        if event is not None:
-            event.set()
+        for wait in self._waits.get(queue, ()):
+            wait.wake()
 
     def _wake_all(self) -> None:
-        for queue in list(self._events):
+        for queue in list(self._waits):
             self._wake(queue)
 
     async def _listen(
@@ -436,13 +535,16 @@ class RedisBackend(Producer):
                         self._wake(_s(queue))
 
     async def _start_listener(self) -> None:
-        """Start the wake-up listener once, on the first wait (producers never wait)."""
+        """Start the wake-up listener and the inbox sweeper once, on the first wait
+        (producers never wait)."""
         if self._listening is None:
             self._redis()  # raises the usual error when the backend is not open
             assert self._nursery is not None
             self._listening = listening = trio.Event()
             try:
                 await self._nursery.start(self._listen)
+                if not self._inbox_running:
+                    await self._nursery.start(self._sweeper)
             except BaseException:
                 self._listening = None  # the next wait tries again
                 listening.set()
@@ -452,7 +554,10 @@ class RedisBackend(Producer):
             await self._listening.wait()
 
     async def wait_for_work(self, queue: str) -> None:
-        event = self._events[queue]
+        await self._take_inbox()  # a BLMPOP answered while nobody waited
+        if self._stash.get(queue):  # handed to us and not claimed yet
+            await trio.lowlevel.checkpoint()
+            return
         if self._listening is None or not self._listening.is_set():
             # Pushes before the listener started woke no one: look at the queue itself.
             await self._start_listener()
@@ -465,15 +570,248 @@ class RedisBackend(Producer):
             # announced push, found nothing due, so blocking misses no work.
             await trio.lowlevel.checkpoint()
             return
-        if quiet is not None and time.monotonic() - quiet[1] <= _HINT_FRESH:
-            raw = quiet[2]  # the claim's own NEXT_DUE: no round trip before blocking
+        member = self._waiter_member(queue)
+        fresh = quiet is not None and time.monotonic() - quiet[1] <= _HINT_FRESH
+        wait = _Wait()
+        waits = self._waits[queue]
+        waits.add(wait)  # a wake-up from now on ends the wait
+        try:
+            if fresh and (member is None or self._is_registered(queue, member)):
+                assert quiet is not None
+                raw = quiet[2]  # the claim's own NEXT_DUE (and registration): no round trip
+            elif member is not None:
+                raw = await self._register(queue, member)
+            else:
+                raw = await self._script("NEXT_DUE", [queue])
+            deadline = math.inf
+            if raw:
+                deadline = trio.current_time() + max(0.0, float(_s(raw)) - self.now())
+            while not wait.woken:
+                step = deadline
+                if member is not None:
+                    step = min(deadline, trio.current_time() + _REG_RENEW)
+                with trio.CancelScope(deadline=step) as wait.scope:
+                    if member is None:
+                        await trio.sleep_forever()
+                    while not wait.woken and not self._stash.get(queue):
+                        await self._await_inbox()
+                wait.scope = None
+                if wait.woken or self._stash.get(queue) or step >= deadline:
+                    return
+                # Still idle: renew the registration (it expires after _REG_TTL).
+                assert member is not None
+                raw = await self._register(queue, member)
+                if raw:
+                    deadline = min(
+                        deadline, trio.current_time() + max(0.0, float(_s(raw)) - self.now())
+                    )
+        except BaseException:
+            # Cancelled (the caller's poll interval, a shutdown): the last local waiter
+            # withdraws the registration. A task handed over meanwhile stays for the
+            # next claim, or is given back after _HOLD (or when the backend closes).
+            if len(waits) == 1 and member is not None:
+                self._unregister(queue, member)
+            raise
+        finally:
+            waits.discard(wait)
+
+    # --- handoffs ---------------------------------------------------------------------
+
+    def _waiter_member(self, queue: str) -> str | None:
+        """This process's handoff registration for ``queue``, from its latest claim
+        there (a waiter's owner and lease TTL), or None before any claim."""
+        claimed = self._claimed_as.get(queue)
+        if claimed is None or not self._inbox_running:
+            return None
+        owner, lease_ttl = claimed
+        return f"{self._inbox} {_f(lease_ttl)} {owner}"
+
+    def _is_registered(self, queue: str, member: str) -> bool:
+        return queue in self._registered and self._member.get(queue) == member
+
+    async def _register(self, queue: str, member: str) -> bytes | str:
+        old = self._member.get(queue, "")
+        now = self.now()
+        raw = await self._script(
+            "REGISTER",
+            [queue, _f(now), member, _f(now + _REG_TTL), old if old != member else ""],
+        )
+        self._member[queue] = member
+        if int(raw[1]):
+            self._registered.add(queue)
         else:
-            raw = await self._script("NEXT_DUE", [queue])
-        span = math.inf
-        if raw:
-            span = max(0.0, float(_s(raw)) - self.now())
-        with trio.move_on_after(span):
-            await event.wait()
+            self._registered.discard(queue)
+        return raw[0]  # type: ignore[no-any-return]
+
+    def _unregister(self, queue: str, member: str) -> None:
+        """Withdraw a registration without waiting (safe inside a cancelled task): the
+        request is queued on the hot connection, in order with every later call."""
+        self._registered.discard(queue)
+        conn = self._hot
+        if conn is None or not conn.usable or self._client is None:
+            return  # it expires after _REG_TTL; a task handed over meanwhile is kept
+        script = self._scripts["UNREGISTER"]
+        with contextlib.suppress(Exception):  # best effort: it expires anyway
+            conn.create_request(
+                b"EVALSHA", script.sha, 1, self.prefix + "token", self.prefix, queue, member
+            )
+
+    async def _await_inbox(self) -> None:
+        """Wait for the inbox's BLMPOP (sending one if none is in flight) and take what
+        it brought. Every wait awaits the same request; cancelling a wait leaves it in
+        flight (the connection stays usable), for the next wait or the sweeper."""
+        req = self._inbox_req
+        if req is None:
+            req = await self._send_inbox()
+            if req is None:
+                return
+        try:
+            reply = await req
+        except _RETRYABLE as exc:
+            self._inbox_failed(req, exc)
+            await trio.sleep(0.05)
+            return
+        self._took(req, reply)
+
+    async def _take_inbox(self) -> None:
+        """Take the reply of a BLMPOP answered while nobody awaited it."""
+        req = self._inbox_req
+        if req is not None and req.complete:
+            try:
+                reply = await req  # answered: returns at once
+            except _RETRYABLE as exc:
+                self._inbox_failed(req, exc)
+                return
+            self._took(req, reply)
+
+    async def _send_inbox(self) -> Any:
+        async with self._inbox_lock:
+            if self._inbox_req is not None:
+                return self._inbox_req
+            conn = self._inbox_conn
+            pool = self._pool
+            if pool is None:
+                return None
+            if conn is None or not conn.usable:
+                self._inbox_conn = None
+                if conn is not None:
+                    pool.release(conn)
+                try:
+                    conn = await pool.get_connection()
+                except _RETRYABLE as exc:
+                    self._reconnects += 1
+                    log.warning("redis %s: inbox: %s", self.url, type(exc).__name__)
+                    await trio.sleep(0.05)
+                    return None
+                self._inbox_conn = conn
+            self._inbox_req = conn.create_request(
+                b"BLMPOP",
+                _f(_INBOX_BLOCK),
+                1,
+                self.prefix + "i:" + self._inbox,
+                b"LEFT",
+                b"COUNT",
+                100,
+                decode=False,
+                timeout=_INBOX_BLOCK + 10.0,
+            )
+            return self._inbox_req
+
+    def _inbox_failed(self, req: Any, exc: BaseException) -> None:
+        if self._inbox_req is req:
+            self._inbox_req = None
+            self._reconnects += 1
+            log.warning("redis %s: inbox: %s; reconnecting", self.url, type(exc).__name__)
+            if self._inbox_conn is not None:
+                self._inbox_conn.invalidate()
+
+    def _took(self, req: Any, reply: Any) -> None:
+        if self._inbox_req is not req:
+            return  # another wait took it
+        self._inbox_req = None
+        if reply:
+            self._deliver(reply[1])
+
+    def _deliver(self, items: Sequence[bytes]) -> None:
+        until = trio.current_time() + _HOLD
+        woken: set[str] = set()
+        for item in items:
+            task = _handed_task(item)
+            queue = task.ctx.queue
+            self._stash.setdefault(queue, []).append((until, task))
+            self._registered.discard(queue)  # the push took the registration
+            woken.add(queue)
+        self._handoffs += len(items)
+        for queue in woken:
+            self._wake(queue)
+
+    async def _sweeper(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Every _HOLD / 2: keep a BLMPOP in flight on the inbox, take what one brought
+        while nobody waited, and give back stashed tasks no claim took within _HOLD."""
+        self._inbox_running = True
+        try:
+            task_status.started()
+            while True:
+                await self._take_inbox()
+                if self._inbox_req is None:
+                    await self._send_inbox()
+                now = trio.current_time()
+                for queue, entries in list(self._stash.items()):
+                    keep = [(until, task) for until, task in entries if until > now]
+                    for until, task in entries:
+                        if until <= now:
+                            assert self._nursery is not None
+                            self._nursery.start_soon(self._give_back, task)
+                    if keep:
+                        self._stash[queue] = keep
+                    else:
+                        del self._stash[queue]
+                await trio.sleep(_HOLD / 2)
+        finally:
+            self._inbox_running = False
+
+    async def _give_back(self, task: Task[bytes]) -> None:
+        assert task.ctx.lease is not None
+        try:
+            await self.release(task.ctx.id, task.ctx.lease.token)
+        except LeaseLost:
+            pass  # its lease expired meanwhile and was reclaimed
+        except Exception as exc:  # its lease expires and is reclaimed
+            log.warning("redis %s: giving back handed-off task %s: %r", self.url, task.id, exc)
+
+    async def _drain_inbox(self) -> None:
+        """At close: withdraw every registration, empty the inbox and give back (no
+        attempt used) every handed-off task no claim took."""
+        req, conn = self._inbox_req, self._inbox_conn
+        if req is not None and conn is not None and not req.complete:
+            # End the BLMPOP at once (as if it timed out) and take what it brought.
+            with contextlib.suppress(Exception), trio.move_on_after(1):
+                await self._redis().client_unblock(conn.client_id)
+                await req
+        await self._take_inbox()
+        if not self._member and not self._stash:
+            return
+        pairs: list[str] = []
+        for queue, member in self._member.items():
+            pairs += [queue, member]
+        tasks = [task for entries in self._stash.values() for _, task in entries]
+        self._stash.clear()
+        self._member.clear()
+        self._registered.clear()
+        try:
+            items = await self._script("DRAIN", [self._inbox, *pairs])
+            tasks += [_handed_task(item) for item in items]
+            if tasks:
+                nonce = os.urandom(8).hex()
+                args: list[str | bytes] = [_f(self.now()), "", "", _f(self.aging), nonce]
+                for task in tasks:
+                    assert task.ctx.lease is not None
+                    args += ["L", task.ctx.id, str(task.ctx.lease.token), "", ""]
+                await self._script("SETTLE", args)
+        except Exception as exc:  # their leases expire, are reclaimed
+            log.warning("redis %s: giving back %d handed-off tasks: %r", self.url, len(tasks), exc)
 
     # --- producing --------------------------------------------------------------------
 
@@ -528,9 +866,28 @@ class RedisBackend(Producer):
     async def claim(
         self, queue: str, *, owner: str, limit: int, lease_ttl: float
     ) -> list[Task[bytes]]:
+        self._claimed_as[queue] = (owner, lease_ttl)
+        out: list[Task[bytes]] = []
+        await self._take_inbox()  # returns at once
+        stash = self._stash.get(queue)
+        if stash:
+            # Handed to this process by a push: already leased, no round trip.
+            take = stash[:limit]
+            del stash[:limit]
+            if not stash:
+                del self._stash[queue]
+            now = self.now()
+            for _, task in take:
+                assert task.ctx.lease is not None
+                if task.ctx.lease.deadline > now:  # else reclaimed like any expired lease
+                    out.append(task)
+            limit -= len(out)
+            if limit <= 0 and out:
+                return out
         gen = self._gen[queue]
         now = self.now()
         deadline = now + lease_ttl
+        member = self._member.get(queue, "") if self._inbox_running else ""
         raw = await self._script(
             "CLAIM",
             [
@@ -541,12 +898,19 @@ class RedisBackend(Producer):
                 _f(deadline),
                 str(self.max_lost),
                 os.urandom(8).hex(),  # the nonce: a retried call is the same claim
+                member,
+                _f(now + _REG_TTL),
             ],
         )
-        if len(raw) % 9:  # a short claim: NEXT_DUE's answer follows the tasks
-            self._quiet[queue] = (gen, time.monotonic(), raw[-1])
-        out: list[Task[bytes]] = []
-        for i in range(0, len(raw) - 8, 9):
+        rows = len(raw) - len(raw) % 9
+        if rows < len(raw):  # a short claim: NEXT_DUE's answer follows the tasks
+            self._quiet[queue] = (gen, time.monotonic(), raw[rows])
+        if member:
+            if rows + 1 < len(raw) and raw[-1] == b"1":
+                self._registered.add(queue)  # renewed: the caller goes idle
+            else:
+                self._registered.discard(queue)  # busy (a full claim) or paused
+        for i in range(0, rows, 9):
             tid, args, attempt, max_attempts, priority, run_at, enq, headers, token = raw[i : i + 9]
             ctx = TaskContext(
                 id=TaskId(_s(tid)),
@@ -779,6 +1143,7 @@ class RedisBackend(Producer):
             settles=self._settle_count,
             settle_batches=self._settle_batches,
             wakeups=self._wakeups,
+            handoffs=self._handoffs,
         )
 
     async def purge(self) -> int:
@@ -817,3 +1182,26 @@ def _glob_escape(text: str) -> str:
 def _scrub(text: str, url: str) -> str:
     password = urlsplit(url).password
     return text.replace(password, "***") if password else text
+
+
+def _handed_task(item: bytes) -> Task[bytes]:
+    """A task from an inbox entry (``handoff_item`` in ``_redis_lua``)."""
+    head, _, rest = item.partition(b"\n")
+    tok, deadline, attempt, max_attempts, priority, run_at, enq, lq, li, lo, lh = head.split(b" ")
+    a = int(lq)
+    b = a + int(li)
+    c = b + int(lo)
+    d = c + int(lh)
+    headers = rest[c:d]
+    ctx = TaskContext(
+        id=TaskId(rest[a:b].decode()),
+        queue=rest[:a].decode(),
+        attempt=int(attempt),
+        max_attempts=int(max_attempts),
+        priority=int(priority),
+        run_at=float(run_at),
+        enqueued_at=float(enq),
+        headers=json.loads(headers) if headers else {},
+        lease=Lease(rest[b:c].decode(), float(deadline), int(tok)),
+    )
+    return Task(rest[d:], ctx)

@@ -24,6 +24,17 @@ Data layout (``P`` is the key prefix, default ``turret:``)::
     P wake                STREAM wake-ups: XADD q=<queue> when work becomes due there
                                 (capped at ~1000 entries); each process XREADs it
                                 BLOCKing, resuming from its last id after a reconnect
+    P q:<queue>:waiters   ZSET  idle consumers waiting for a handoff, by registration
+                                expiry: member "<inbox> <lease ttl> <owner>"
+    P i:<inbox>           LIST  one consumer's inbox: tasks PUSH leased to it directly
+                                (one ``handoff_item`` each); the consumer BLMPOPs it
+
+Handoff: when a PUSH creates a due task in a queue that has a live waiter and nothing
+that should go first (no pending task, no overdue scheduled task, no expired lease, not
+paused), it leases the task to the oldest live waiter at once (attempt, token, owner,
+deadline, as CLAIM would), removes that waiter and appends the task to its inbox: the
+consumer's next claim returns it without a round trip. A waiter's registration expires
+(its process may be dead); a task handed to a dead inbox is reclaimed at lease expiry.
 
 Floats cross the boundary as strings: Python sends ``repr(x)`` (exact), Redis 7 turns
 Lua numbers into arguments with ``%.17g`` (exact), and ``fmt`` below does the same.
@@ -35,13 +46,16 @@ __all__ = [
     "CANCEL",
     "CLAIM",
     "DEAD_LETTERS",
+    "DRAIN",
     "NEXT_DUE",
     "PUSH",
     "RECLAIM",
+    "REGISTER",
     "RENEW",
     "REPLAY",
     "SETTLE",
     "STATS",
+    "UNREGISTER",
 ]
 
 PRELUDE = r"""
@@ -138,6 +152,15 @@ local function next_due(q)
   return fmt(best)
 end
 
+-- one task leased by a handoff, as the consumer's inbox holds it: a header line of
+-- numbers and lengths, then queue, id, owner, headers and args back to back (args
+-- last, so they may hold any bytes)
+local function handoff_item(q, id, args, attempt, max_attempts, priority, run_at, enq,
+                            headers, tok, owner, deadline)
+  return table.concat({tok, deadline, attempt, max_attempts, priority, run_at, enq,
+    #q, #id, #owner, #headers}, ' ') .. '\n' .. q .. id .. owner .. headers .. args
+end
+
 local function promote(q, nows)
   local sk = qkey(q, 'scheduled')
   local ids = redis.call('ZRANGEBYSCORE', sk, '-inf', nows, 'LIMIT', 0, 1000)
@@ -160,8 +183,30 @@ PUSH = (
     PRELUDE
     + r"""
 local now = ARGV[2]
+local nowf = tonumber(now)
 local out = {}
 local seen = {}
+-- per queue: false once no handoff can happen in this call (no live waiter, or a task
+-- went to pending, which the later ones must not overtake)
+local takers = {}
+local function take_waiter(q)
+  if takers[q] == false then return nil end
+  local wk = qkey(q, 'waiters')
+  if redis.call('EXISTS', wk) == 0 or redis.call('EXISTS', qkey(q, 'paused')) == 1
+    or redis.call('ZCARD', qkey(q, 'pending')) > 0
+    or #redis.call('ZRANGEBYSCORE', qkey(q, 'scheduled'), '-inf', now, 'LIMIT', 0, 1) > 0
+    or #redis.call('ZRANGEBYSCORE', qkey(q, 'leases'), '-inf', now, 'LIMIT', 0, 1) > 0 then
+    takers[q] = false
+    return nil
+  end
+  redis.call('ZREMRANGEBYSCORE', wk, '-inf', now)  -- registrations that expired
+  local w = redis.call('ZPOPMIN', wk)
+  if #w == 0 then
+    takers[q] = false
+    return nil
+  end
+  return w[1]
+end
 for i = 3, #ARGV, 10 do
   local id, q, uk = ARGV[i], ARGV[i + 1], ARGV[i + 6]
   local taken = nil
@@ -182,16 +227,32 @@ for i = 3, #ARGV, 10 do
         'h', ARGV[i + 5], 'e', now, 'r', ARGV[i + 7], 'o', ARGV[i + 8], 'n', 0, 't', 0,
         'l', 0, 's', due and 'pending' or 'scheduled')
       if uk ~= '' then redis.call('HSET', tk, 'u', uk) end
-      if due then
-        redis.call('ZADD', qkey(q, 'pending'), ARGV[i + 8], id)
-      else
-        redis.call('ZADD', qkey(q, 'scheduled'), ARGV[i + 7], id)
-      end
       if not seen[q] then
         seen[q] = true
         redis.call('SADD', P .. 'queues', q)
       end
-      wake[q] = true
+      local waiter = due and take_waiter(q)
+      if waiter then
+        local s1 = string.find(waiter, ' ', 1, true)
+        local s2 = string.find(waiter, ' ', s1 + 1, true)
+        local owner = string.sub(waiter, s2 + 1)
+        local deadline = fmt(nowf + tonumber(string.sub(waiter, s1 + 1, s2 - 1)))
+        local tok = redis.call('INCR', P .. 'token')
+        redis.call('HSET', tk, 'n', 1, 's', 'leased', 't', tok, 'w', owner, 'd', deadline)
+        redis.call('ZADD', qkey(q, 'leases'), deadline, id)
+        local ik = P .. 'i:' .. string.sub(waiter, 1, s1 - 1)
+        redis.call('RPUSH', ik, handoff_item(q, id, ARGV[i + 2], 1, ARGV[i + 4], ARGV[i + 3],
+          ARGV[i + 7], now, ARGV[i + 5], tok, owner, deadline))
+        redis.call('PEXPIRE', ik, 600000)
+      else
+        if due then
+          takers[q] = false
+          redis.call('ZADD', qkey(q, 'pending'), ARGV[i + 8], id)
+        else
+          redis.call('ZADD', qkey(q, 'scheduled'), ARGV[i + 7], id)
+        end
+        wake[q] = true
+      end
     end
   end
 end
@@ -200,7 +261,10 @@ return out
 """
 )
 
-# ARGV: P, queue, owner, limit, now, deadline, max_lost, nonce. Reclaims expired
+# ARGV: P, queue, owner, limit, now, deadline, max_lost, nonce, waiter, waiter expiry.
+# ``waiter`` ("" none) is the caller's handoff registration for the queue: a full claim
+# removes it (the caller is busy), a short one renews it (the caller goes idle) and then
+# ends with one more value, "1" (registered) or "0" (not: paused). Reclaims expired
 # leases, promotes due scheduled tasks, then leases up to ``limit`` tasks in order.
 # Returns 9 values per task: id, args, attempt, max_attempts, priority, run_at,
 # enqueued_at, headers, token; when it leases fewer than ``limit`` (a short claim), one
@@ -234,7 +298,14 @@ end
 reclaim_queue(q, now, nows, tonumber(ARGV[7]), 1000)
 promote(q, nows)
 publish()
-if redis.call('EXISTS', qkey(q, 'paused')) == 1 then return {''} end
+local waiter = ARGV[9]
+if redis.call('EXISTS', qkey(q, 'paused')) == 1 then
+  if waiter ~= '' then
+    redis.call('ZREM', qkey(q, 'waiters'), waiter)
+    return {'', '0'}
+  end
+  return {''}
+end
 local pk, lk = qkey(q, 'pending'), qkey(q, 'leases')
 local popped = {}
 if limit > 0 then popped = redis.call('ZPOPMIN', pk, limit) end  -- id, order, ...
@@ -268,8 +339,60 @@ if n > 0 then
   end
   redis.call('PEXPIRE', ck, 60000)
 end
-if n < limit then out[#out + 1] = next_due(q) end
+if n < limit then
+  out[#out + 1] = next_due(q)
+  if waiter ~= '' then
+    redis.call('ZADD', qkey(q, 'waiters'), ARGV[10], waiter)
+    out[#out + 1] = '1'
+  end
+elseif waiter ~= '' then
+  redis.call('ZREM', qkey(q, 'waiters'), waiter)
+end
 return out
+"""
+)
+
+# ARGV: P, queue, now, waiter, expiry, previous waiter ("" none). Registers ``waiter``
+# for a handoff unless work is due already (or the queue is paused), atomically with
+# that check: a push after it either hands its task over or wakes the stream. Returns
+# NEXT_DUE's answer and 1 when registered, 0 when not.
+REGISTER = (
+    PRELUDE
+    + r"""
+local q, nows, waiter, old = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
+local wk = qkey(q, 'waiters')
+if old ~= '' then redis.call('ZREM', wk, old) end
+local due = next_due(q)
+local paused = redis.call('EXISTS', qkey(q, 'paused')) == 1
+if paused or (due ~= '' and tonumber(due) <= tonumber(nows)) then
+  redis.call('ZREM', wk, waiter)
+  return {due, 0}
+end
+redis.call('ZREMRANGEBYSCORE', wk, '-inf', nows)
+redis.call('ZADD', wk, ARGV[5], waiter)
+return {due, 1}
+"""
+)
+
+# ARGV: P, inbox, then pairs queue, waiter. Removes the registrations and empties the
+# inbox; returns what it held (``handoff_item`` strings), for the caller to release.
+DRAIN = (
+    PRELUDE
+    + r"""
+for i = 3, #ARGV, 2 do redis.call('ZREM', qkey(ARGV[i], 'waiters'), ARGV[i + 1]) end
+local ik = P .. 'i:' .. ARGV[2]
+local items = redis.call('LRANGE', ik, 0, -1)
+redis.call('DEL', ik)
+return items
+"""
+)
+
+# ARGV: P, queue, waiter. Removes one registration (a waiter that stopped waiting).
+UNREGISTER = (
+    PRELUDE
+    + r"""
+redis.call('ZREM', qkey(ARGV[2], 'waiters'), ARGV[3])
+return 1
 """
 )
 

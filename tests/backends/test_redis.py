@@ -13,6 +13,7 @@ import sys
 import traceback
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -260,3 +261,275 @@ async def test_a_producer_runs_no_wake_up_listener(url: str, backend: RedisBacke
         with trio.fail_after(5):
             await backend.wait_for_work("q")
         assert len(await backend.claim("q", owner="w", limit=5, lease_ttl=10)) == 3
+
+
+# --- handoffs: a push leases its task straight to an idle consumer ---------------------
+
+
+class FakeClock:
+    """A backend clock the test moves by hand (registrations and leases expire by it)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def pair(url: str) -> AsyncIterator[tuple[RedisBackend, RedisBackend, FakeClock]]:
+    """A consumer and a producer on one store (two processes' view), on one fake clock."""
+    clock = FakeClock()
+    prefix = f"turret-test:{uuid.uuid4().hex}:"
+    async with (
+        RedisBackend.open(url, prefix=prefix, clock=clock) as consumer,
+        RedisBackend.open(url, prefix=prefix, clock=clock) as producer,
+    ):
+        try:
+            yield consumer, producer, clock
+        finally:
+            with trio.CancelScope(shield=True):
+                await producer.purge()
+
+
+async def _waiters(backend: RedisBackend, queue: str) -> int:
+    return int(await backend._redis().zcard(f"{backend.prefix}q:{queue}:waiters"))
+
+
+async def _until_waiters(backend: RedisBackend, queue: str, n: int) -> None:
+    """Poll the store until ``queue`` has ``n`` registered waiters (bounded)."""
+    with trio.fail_after(5):
+        while True:
+            if await _waiters(backend, queue) == n:
+                return
+            await trio.sleep(0.001)
+
+
+@asynccontextmanager
+async def _waiting(consumer: RedisBackend, queue: str) -> AsyncIterator[trio.Event]:
+    """``consumer`` waits for work on ``queue`` (registered for a handoff) in the block;
+    the event is set when the wait returns. Leaving the block cancels a wait still on."""
+    if queue not in consumer._claimed_as:
+        assert await consumer.claim(queue, owner="w1", limit=1, lease_ttl=30) == []
+    returned = trio.Event()
+
+    async def wait() -> None:
+        await consumer.wait_for_work(queue)
+        returned.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await _until_waiters(consumer, queue, 1)
+        yield returned
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_push_hands_its_task_to_a_waiting_consumer(
+    pair: tuple[RedisBackend, RedisBackend, FakeClock],
+) -> None:
+    consumer, producer, clock = pair
+    async with _waiting(consumer, "q") as returned:
+        task_id = await producer.push("x", queue="q")
+        info = await producer.get_task(task_id)
+        assert info is not None and info.state is TaskState.LEASED
+        assert (info.owner, info.attempt, info.lease_deadline) == ("w1", 1, clock.now + 30)
+        with trio.fail_after(5):
+            await returned.wait()
+    assert await _waiters(producer, "q") == 0  # the push took the registration
+    before = consumer.statistics()
+    (task,) = await consumer.claim("q", owner="w1", limit=1, lease_ttl=30)
+    assert consumer.statistics().round_trips == before.round_trips  # no round trip
+    assert consumer.statistics().handoffs == 1
+    assert task.id == task_id and consumer.codec.decode(task.args) == "x"
+    assert task.ctx.lease is not None and task.ctx.lease.token == info.token
+    assert (task.ctx.attempt, task.ctx.queue) == (1, "q")
+    await consumer.ack(task.id, task.ctx.lease.token)
+    done = await producer.get_task(task_id)
+    assert done is not None and done.state is TaskState.DONE
+    # a handed-off task holds its unique key like any live task
+    async with _waiting(consumer, "k"):
+        keyed = await producer.push(1, queue="k", unique_key="u")
+        assert await producer.push(2, queue="k", unique_key="u") == keyed
+    info = await producer.get_task(keyed)
+    assert info is not None and info.state is TaskState.LEASED and info.unique_key == "u"
+    (stats,) = [s for s in await producer.stats() if s.queue == "k"]
+    assert (stats.pending, stats.leased) == (0, 1)
+
+
+async def test_one_handoff_per_waiter_the_rest_waits_in_line(
+    url: str, pair: tuple[RedisBackend, RedisBackend, FakeClock]
+) -> None:
+    consumer, producer, clock = pair
+    async with (
+        RedisBackend.open(url, prefix=consumer.prefix, clock=clock) as other,
+        _waiting(consumer, "q"),
+    ):
+        assert await other.claim("q", owner="w2", limit=1, lease_ttl=30) == []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other.wait_for_work, "q")
+            await _until_waiters(producer, "q", 2)
+            ids = await producer.push_many(Job(i, queue="q") for i in range(3))
+            nursery.cancel_scope.cancel()
+        infos = [await producer.get_task(i) for i in ids]
+        states = [(i.state, i.owner) for i in infos if i]
+        assert sorted(states[:2], key=str) == [(TaskState.LEASED, "w1"), (TaskState.LEASED, "w2")]
+        assert states[2] == (TaskState.PENDING, None)
+    # the other consumer closed without claiming its task: given back, no attempt used
+    (given_back,) = [i.id for i in infos if i and i.owner == "w2"]
+    info = await producer.get_task(given_back)
+    assert info is not None and info.state is TaskState.PENDING and info.attempt == 0
+
+
+async def test_no_handoff_past_an_older_due_task(
+    pair: tuple[RedisBackend, RedisBackend, FakeClock],
+) -> None:
+    consumer, producer, clock = pair
+    member = f"{consumer._inbox} 30.0 w1"  # registered, though nobody waits here
+    # an older task already pending (pushed while the queue was paused)
+    await producer.pause_queue("q")
+    older = await producer.push("older", queue="q")
+    await producer.resume_queue("q")
+    await producer._script("REGISTER", ["q", repr(clock.now), member, repr(clock.now + 3), ""])
+    assert await _waiters(producer, "q") == 0  # due work: no registration
+    await producer._redis().zadd(f"{producer.prefix}q:q:waiters", {member: clock.now + 3})
+    newer = await producer.push("newer", queue="q", priority=10)
+    for task_id in (older, newer):
+        info = await producer.get_task(task_id)
+        assert info is not None and info.state is TaskState.PENDING
+    assert await _waiters(producer, "q") == 1
+    tasks = await consumer.claim("q", owner="w1", limit=5, lease_ttl=30)
+    assert [t.id for t in tasks] == [newer, older]  # priority, as always
+    # an overdue scheduled task goes first too: no handoff past it
+    scheduled = await producer.push("scheduled", queue="s", delay=5)
+    await producer._redis().zadd(f"{producer.prefix}q:s:waiters", {member: clock.now + 30})
+    clock.now += 6
+    later = await producer.push("later", queue="s")
+    info = await producer.get_task(later)
+    assert info is not None and info.state is TaskState.PENDING
+    tasks = await consumer.claim("s", owner="w1", limit=5, lease_ttl=30)
+    assert [t.id for t in tasks] == [scheduled, later]
+    # and so does an expired lease, taken back by the next claim
+    (expiring,) = await producer.push_many([Job("expiring", queue="e")])
+    assert len(await consumer.claim("e", owner="w1", limit=1, lease_ttl=1)) == 1
+    await producer._redis().zadd(f"{producer.prefix}q:e:waiters", {member: clock.now + 30})
+    clock.now += 2
+    after = await producer.push("after", queue="e")
+    info = await producer.get_task(after)
+    assert info is not None and info.state is TaskState.PENDING
+    tasks = await consumer.claim("e", owner="w1", limit=5, lease_ttl=30)
+    assert [t.id for t in tasks] == [expiring, after]
+
+
+async def test_no_handoff_to_a_paused_queue_or_of_a_scheduled_task(
+    pair: tuple[RedisBackend, RedisBackend, FakeClock],
+) -> None:
+    consumer, producer, _clock = pair
+    async with _waiting(consumer, "q") as returned:
+        scheduled = await producer.push("later", queue="q", delay=10)
+        await producer.pause_queue("q")
+        paused = await producer.push("paused", queue="q")
+        assert await _waiters(producer, "q") == 1  # still registered, nothing handed over
+        assert not returned.is_set() or not consumer._stash
+    for task_id, state in ((scheduled, TaskState.SCHEDULED), (paused, TaskState.PENDING)):
+        info = await producer.get_task(task_id)
+        assert info is not None and info.state is state and info.attempt == 0
+    # a paused queue takes no registration either
+    assert await consumer.claim("q", owner="w1", limit=1, lease_ttl=30) == []
+    assert await _waiters(producer, "q") == 0
+    await producer.resume_queue("q")
+    (task,) = await consumer.claim("q", owner="w1", limit=1, lease_ttl=30)
+    assert task.id == paused
+
+
+async def test_a_waiter_that_stops_waiting_withdraws(
+    pair: tuple[RedisBackend, RedisBackend, FakeClock],
+) -> None:
+    consumer, producer, _clock = pair
+    async with _waiting(consumer, "q"):
+        pass  # cancelled on the way out
+    await _until_waiters(producer, "q", 0)
+    task_id = await producer.push("x", queue="q")
+    info = await producer.get_task(task_id)
+    assert info is not None and info.state is TaskState.PENDING and info.attempt == 0
+
+
+async def test_a_handoff_that_lands_after_the_wait_is_kept_for_the_next_claim(
+    pair: tuple[RedisBackend, RedisBackend, FakeClock],
+) -> None:
+    consumer, producer, _clock = pair
+    async with _waiting(consumer, "q"):
+        pass
+    await _until_waiters(producer, "q", 0)
+    # the short claim of an idle worker registers it again (it is about to wait)
+    assert await consumer.claim("q", owner="w1", limit=1, lease_ttl=30) == []
+    assert await _waiters(producer, "q") == 1
+    task_id = await producer.push("x", queue="q")
+    with trio.fail_after(5):
+        await consumer.wait_for_work("q")  # at once: the inbox holds it
+    before = consumer.statistics().round_trips
+    (task,) = await consumer.claim("q", owner="w1", limit=1, lease_ttl=30)
+    assert task.id == task_id and consumer.statistics().round_trips == before
+    # a full claim says the worker is busy: no registration, no handoff
+    await producer.push_many([Job(1, queue="q"), Job(2, queue="q")])
+    assert len(await consumer.claim("q", owner="w1", limit=1, lease_ttl=30)) == 1
+    assert await _waiters(producer, "q") == 0
+
+
+async def test_handed_off_tasks_nobody_claims_are_given_back(
+    url: str, pair: tuple[RedisBackend, RedisBackend, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer, producer, clock = pair
+    from turret.backends import _redis
+
+    # stashed (the inbox brought it) but never claimed: given back after the hold
+    monkeypatch.setattr(_redis, "_HOLD", 0.02)
+    async with _waiting(consumer, "q") as returned:
+        stashed = await producer.push("x", queue="q")
+        with trio.fail_after(5):
+            await returned.wait()
+    with trio.fail_after(5):
+        while True:
+            info = await producer.get_task(stashed)
+            if info is not None and info.state is TaskState.PENDING:
+                break
+            await trio.sleep(0.005)
+    assert info is not None and info.attempt == 0 and info.lost == 0
+    # in the inbox when the consumer closes: given back, no attempt used
+    async with RedisBackend.open(url, prefix=consumer.prefix, clock=clock) as closing:
+        member = f"{closing._inbox} 30.0 w9"
+        await closing._register("q2", member)
+        assert await _waiters(producer, "q2") == 1
+        landed = await producer.push("y", queue="q2")
+        info = await producer.get_task(landed)
+        assert info is not None and info.state is TaskState.LEASED and info.owner == "w9"
+    info = await producer.get_task(landed)
+    assert info is not None and info.state is TaskState.PENDING and info.attempt == 0
+    assert await _waiters(producer, "q2") == 0
+
+
+async def test_a_dead_waiters_registration_expires_and_its_task_is_reclaimed(
+    pair: tuple[RedisBackend, RedisBackend, FakeClock],
+) -> None:
+    consumer, producer, clock = pair
+    ghost = "0badc0ffee0badc0 5.0 ghost"  # a crashed process: nobody reads its inbox
+    await producer._register("q", ghost)
+    clock.now += 3.5  # past the registration's TTL
+    expired = await producer.push("a", queue="q")
+    info = await producer.get_task(expired)
+    assert info is not None and info.state is TaskState.PENDING
+    assert await _waiters(producer, "q") == 0  # dropped by the push
+    assert len(await consumer.claim("q", owner="w1", limit=1, lease_ttl=30)) == 1
+    # a live registration of a process that dies takes one task, leased: the lease
+    # expires and the task is reclaimed like any other
+    await producer._register("q", ghost)
+    swallowed = await producer.push("b", queue="q")
+    second = await producer.push("c", queue="q")
+    info = await producer.get_task(swallowed)
+    assert info is not None and info.state is TaskState.LEASED and info.owner == "ghost"
+    info = await producer.get_task(second)
+    assert info is not None and info.state is TaskState.PENDING  # one task at most
+    clock.now += 6
+    assert await producer.reclaim() == 1
+    info = await producer.get_task(swallowed)
+    assert info is not None and info.state is TaskState.PENDING
+    assert info.last_error == "worker lost" and info.lost == 1
