@@ -704,18 +704,33 @@ class RedisBackend(Producer):
                     await trio.sleep(0.05)
                     return None
                 self._inbox_conn = conn
-            self._inbox_req = conn.create_request(
-                b"BLMPOP",
-                _f(_INBOX_BLOCK),
-                1,
-                self.prefix + "i:" + self._inbox,
-                b"LEFT",
-                b"COUNT",
-                100,
-                decode=False,
-                timeout=_INBOX_BLOCK + 10.0,
-            )
-            return self._inbox_req
+            return self._blmpop(conn)
+
+    def _blmpop(self, conn: Any) -> Any:
+        self._inbox_req = conn.create_request(
+            b"BLMPOP",
+            _f(_INBOX_BLOCK),
+            1,
+            self.prefix + "i:" + self._inbox,
+            b"LEFT",
+            b"COUNT",
+            100,
+            decode=False,
+            timeout=_INBOX_BLOCK + 10.0,
+        )
+        return self._inbox_req
+
+    def _blmpop_nowait(self) -> None:
+        """Put a BLMPOP in flight again at once (no wait), if the connection is up: a
+        handoff that lands before the next wait is then already on its way here."""
+        conn = self._inbox_conn
+        if (
+            self._inbox_req is None
+            and conn is not None
+            and conn.usable
+            and not self._inbox_lock.locked()
+        ):
+            self._blmpop(conn)
 
     def _inbox_failed(self, req: Any, exc: BaseException) -> None:
         if self._inbox_req is req:
@@ -882,6 +897,8 @@ class RedisBackend(Producer):
                 if task.ctx.lease.deadline > now:  # else reclaimed like any expired lease
                     out.append(task)
             limit -= len(out)
+            # (sent after this task's handler has started: nothing yields before it)
+            self._blmpop_nowait()
             if limit <= 0 and out:
                 return out
         gen = self._gen[queue]
