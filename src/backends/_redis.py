@@ -897,8 +897,6 @@ class RedisBackend(Producer):
                 if task.ctx.lease.deadline > now:  # else reclaimed like any expired lease
                     out.append(task)
             limit -= len(out)
-            # (sent after this task's handler has started: nothing yields before it)
-            self._blmpop_nowait()
             if limit <= 0 and out:
                 return out
         gen = self._gen[queue]
@@ -925,6 +923,7 @@ class RedisBackend(Producer):
         if member:
             if rows + 1 < len(raw) and raw[-1] == b"1":
                 self._registered.add(queue)  # renewed: the caller goes idle
+                self._blmpop_nowait()  # a handoff from now on is on its way at once
             else:
                 self._registered.discard(queue)  # busy (a full claim) or paused
         for i in range(0, rows, 9):
