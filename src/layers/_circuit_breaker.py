@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -121,17 +121,17 @@ class _Reservation:
                     owner._trial_done(trial)
             self.inner = owner.inner.ready()
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        try:
-            await self.inner.__aexit__(exc_type, exc, tb)
-        finally:
-            if self.trial >= 0:
-                self.owner._trial_done(self.trial)
+    ) -> Coroutine[Any, Any, bool | None]:
+        # No coroutine of its own: end the trial (waiters woken by it run only after this
+        # task's next checkpoint), then return the inner reservation's exit to await.
+        if self.trial >= 0:
+            self.owner._trial_done(self.trial)
+        return self.inner.__aexit__(exc_type, exc, tb)
 
 
 class _ReservationNowait(_Reservation):

@@ -209,8 +209,9 @@ class ConcurrencyLimit(Service[Req, Res]):
         assert self.limiter is not None
         return _BorrowNowait(self.limiter, nowait_reservation(self.inner))
 
-    async def __call__(self, req: Req, /) -> Res:
-        return await self.inner(req)
+    def __call__(self, req: Req, /) -> Coroutine[Any, Any, Res]:
+        # The limit is all in ready(): the call is the inner service's own coroutine.
+        return self.inner(req)
 
     def statistics(self) -> ConcurrencyLimitStatistics:
         """How many slots are in use and how many reservations wait."""

@@ -10,6 +10,7 @@ All time comes from ``trio.current_time()``.
 from __future__ import annotations
 
 import math
+from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -69,13 +70,15 @@ class _Slot:
             await self.inner.__aexit__(type(exc), exc, exc.__traceback__)
             raise
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        await self.inner.__aexit__(exc_type, exc, tb)
+    ) -> Coroutine[Any, Any, bool | None]:
+        # A token is spent, nothing to give back: the inner reservation's exit is ours,
+        # returned for the caller to await (no coroutine frame of our own).
+        return self.inner.__aexit__(exc_type, exc, tb)
 
 
 class _SlotNowait(_Slot):
@@ -127,8 +130,9 @@ class RateLimit(Service[Req, Res]):
         """Like ``ready()``, but entering raises ``trio.WouldBlock`` instead of waiting."""
         return _SlotNowait(self, nowait_reservation(self.inner))
 
-    async def __call__(self, req: Req, /) -> Res:
-        return await self.inner(req)
+    def __call__(self, req: Req, /) -> Coroutine[Any, Any, Res]:
+        # The limit is all in ready(): the call is the inner service's own coroutine.
+        return self.inner(req)
 
     def _take_nowait(self) -> None:
         now = trio.current_time()
