@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
@@ -47,14 +48,16 @@ class CatchPanicStatistics:
 class CatchPanic(Service[Req, Res]):
     """The service :class:`CatchPanicLayer` builds. Forwards ``ready()``."""
 
-    __slots__ = ("inner", "panics")
+    __slots__ = ("inner", "panics", "ready")
+
+    #: The inner service's ``ready``, bound once: readiness is forwarded untouched and
+    #: ``ready()`` costs no call of its own.
+    ready: Callable[[], AbstractAsyncContextManager[None]]
 
     def __init__(self, inner: Service[Req, Res]) -> None:
         self.inner = inner
+        self.ready = inner.ready
         self.panics = 0
-
-    def ready(self) -> AbstractAsyncContextManager[None]:
-        return self.inner.ready()
 
     async def __call__(self, req: Req, /) -> Res:
         try:

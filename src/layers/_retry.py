@@ -200,12 +200,18 @@ class RetryService(Service[Req, Res]):
         "inner",
         "max_attempts",
         "predicate",
+        "ready",
         "retries",
         "succeeded_after_retry",
     )
 
+    #: The inner service's ``ready``, bound once: readiness is forwarded untouched and
+    #: ``ready()`` costs no call of its own.
+    ready: Callable[[], AbstractAsyncContextManager[None]]
+
     def __init__(self, inner: Service[Req, Res], policy: RetryPolicy) -> None:
         self.inner = inner
+        self.ready = inner.ready
         self.max_attempts = policy.max_attempts
         self.backoff = policy.backoff
         self.predicate = policy.predicate
@@ -215,9 +221,6 @@ class RetryService(Service[Req, Res]):
         self.succeeded_after_retry = 0
         self.budget_exhausted = 0
         self.gave_up = 0
-
-    def ready(self) -> AbstractAsyncContextManager[None]:
-        return self.inner.ready()
 
     async def __call__(self, req: Req, /) -> Res:
         self.calls += 1

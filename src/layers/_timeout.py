@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
@@ -38,14 +39,16 @@ class Elapsed(TurretError):
 class Timeout(Service[Req, Res]):
     """The service :class:`TimeoutLayer` builds; forwards ``ready()`` untimed."""
 
-    __slots__ = ("inner", "seconds")
+    __slots__ = ("inner", "ready", "seconds")
+
+    #: The inner service's ``ready``, bound once: readiness is forwarded untouched and
+    #: ``ready()`` costs no call of its own.
+    ready: Callable[[], AbstractAsyncContextManager[None]]
 
     def __init__(self, inner: Service[Req, Res], seconds: float) -> None:
         self.inner = inner
+        self.ready = inner.ready
         self.seconds = seconds
-
-    def ready(self) -> AbstractAsyncContextManager[None]:
-        return self.inner.ready()
 
     async def __call__(self, req: Req, /) -> Res:
         # A bare cancel scope: cheaper than trio.fail_after (no generator-based context
