@@ -93,3 +93,18 @@ async def test_elapsed_is_a_task_failure_in_a_worker(
     rec = backend.get(task_id)
     assert rec.dead_reason is not None
     assert "Elapsed" in rec.dead_reason
+
+
+async def test_the_handler_sees_the_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[float] = []
+
+    async def look(req: Any) -> None:
+        seen.append(trio.current_effective_deadline())
+
+    svc = TimeoutLayer[Any, None](30).layer(MockService(look))
+    await trio.sleep(5)
+    await call_once(svc, None)
+    assert seen == [pytest.approx(trio.current_time() + 30)]
+    with trio.move_on_after(10):  # an earlier outer deadline still wins
+        await call_once(svc, None)
+    assert seen[1] == pytest.approx(trio.current_time() + 10)
