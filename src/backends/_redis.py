@@ -304,6 +304,7 @@ class RedisBackend(Producer):
         self._member: dict[str, str] = {}  # queue: the registration's member
         self._registered: set[str] = set()  # queues whose registration may be live
         self._stash: dict[str, list[tuple[float, Task[bytes]]]] = {}
+        self._room: dict[str, int] = {}  # queue: slots the latest short claim left free
         self._handoffs = 0
 
     def __repr__(self) -> str:
@@ -634,7 +635,14 @@ class RedisBackend(Producer):
         now = self.now()
         raw = await self._script(
             "REGISTER",
-            [queue, _f(now), member, _f(now + _REG_TTL), old if old != member else ""],
+            [
+                queue,
+                _f(now),
+                member,
+                _f(now + _REG_TTL),
+                old if old != member else "",
+                str(self._room.get(queue, 1)),
+            ],
         )
         self._member[queue] = member
         if int(raw[1]):
@@ -754,7 +762,8 @@ class RedisBackend(Producer):
             task = _handed_task(item)
             queue = task.ctx.queue
             self._stash.setdefault(queue, []).append((until, task))
-            self._registered.discard(queue)  # the push took the registration
+            if item.partition(b"\n")[0].endswith(b" 0"):
+                self._registered.discard(queue)  # no room left: the push took it
             woken.add(queue)
         self._handoffs += len(items)
         for queue in woken:
@@ -920,6 +929,7 @@ class RedisBackend(Producer):
         rows = len(raw) - len(raw) % 9
         if rows < len(raw):  # a short claim: NEXT_DUE's answer follows the tasks
             self._quiet[queue] = (gen, time.monotonic(), raw[rows])
+            self._room[queue] = limit - rows // 9
         if member:
             if rows + 1 < len(raw) and raw[-1] == b"1":
                 self._registered.add(queue)  # renewed: the caller goes idle
@@ -1203,7 +1213,8 @@ def _scrub(text: str, url: str) -> str:
 def _handed_task(item: bytes) -> Task[bytes]:
     """A task from an inbox entry (``handoff_item`` in ``_redis_lua``)."""
     head, _, rest = item.partition(b"\n")
-    tok, deadline, attempt, max_attempts, priority, run_at, enq, lq, li, lo, lh = head.split(b" ")
+    fields = head.split(b" ")
+    tok, deadline, attempt, max_attempts, priority, run_at, enq, lq, li, lo, lh = fields[:11]
     a = int(lq)
     b = a + int(li)
     c = b + int(lo)

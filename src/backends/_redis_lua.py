@@ -26,6 +26,8 @@ Data layout (``P`` is the key prefix, default ``turret:``)::
                                 BLOCKing, resuming from its last id after a reconnect
     P q:<queue>:waiters   ZSET  idle consumers waiting for a handoff, by registration
                                 expiry: member "<inbox> <lease ttl> <owner>"
+    P q:<queue>:room      HASH  per waiter: how many more tasks it can take (its free
+                                slots when it registered)
     P i:<inbox>           LIST  one consumer's inbox: tasks PUSH leased to it directly
                                 (one ``handoff_item`` each); the consumer BLMPOPs it
 
@@ -33,7 +35,8 @@ Handoff: when a PUSH creates a due task in a queue that has a live waiter and no
 that should go first (no pending task, no overdue scheduled task, no expired lease, not
 paused), it leases the task to the oldest live waiter at once (attempt, token, owner,
 deadline, as CLAIM would), removes that waiter and appends the task to its inbox: the
-consumer's next claim returns it without a round trip. A waiter's registration expires
+consumer's next claim returns it without a round trip. A waiter takes as many tasks as
+it had free slots when it registered (then its registration goes). It expires
 (its process may be dead); a task handed to a dead inbox is reclaimed at lease expiry.
 
 Floats cross the boundary as strings: Python sends ``repr(x)`` (exact), Redis 7 turns
@@ -156,9 +159,25 @@ end
 -- numbers and lengths, then queue, id, owner, headers and args back to back (args
 -- last, so they may hold any bytes)
 local function handoff_item(q, id, args, attempt, max_attempts, priority, run_at, enq,
-                            headers, tok, owner, deadline)
+                            headers, tok, owner, deadline, left)
   return table.concat({tok, deadline, attempt, max_attempts, priority, run_at, enq,
-    #q, #id, #owner, #headers}, ' ') .. '\n' .. q .. id .. owner .. headers .. args
+    #q, #id, #owner, #headers, left}, ' ') .. '\n' .. q .. id .. owner .. headers .. args
+end
+
+local function waiter_add(q, waiter, expiry, room)
+  redis.call('ZADD', qkey(q, 'waiters'), expiry, waiter)
+  redis.call('HSET', qkey(q, 'room'), waiter, room)
+end
+
+local function waiter_del(q, waiter)
+  redis.call('ZREM', qkey(q, 'waiters'), waiter)
+  redis.call('HDEL', qkey(q, 'room'), waiter)
+end
+
+local function waiters_expire(q, nows)
+  for _, w in ipairs(redis.call('ZRANGEBYSCORE', qkey(q, 'waiters'), '-inf', nows)) do
+    waiter_del(q, w)
+  end
 end
 
 local function promote(q, nows)
@@ -199,13 +218,15 @@ local function take_waiter(q)
     takers[q] = false
     return nil
   end
-  redis.call('ZREMRANGEBYSCORE', wk, '-inf', now)  -- registrations that expired
-  local w = redis.call('ZPOPMIN', wk)
-  if #w == 0 then
+  waiters_expire(q, now)
+  local w = redis.call('ZRANGE', wk, 0, 0)[1]
+  if not w then
     takers[q] = false
     return nil
   end
-  return w[1]
+  local left = redis.call('HINCRBY', qkey(q, 'room'), w, -1)
+  if left <= 0 then waiter_del(q, w) end  -- full: its registration goes
+  return w, left
 end
 for i = 3, #ARGV, 10 do
   local id, q, uk = ARGV[i], ARGV[i + 1], ARGV[i + 6]
@@ -231,7 +252,8 @@ for i = 3, #ARGV, 10 do
         seen[q] = true
         redis.call('SADD', P .. 'queues', q)
       end
-      local waiter = due and take_waiter(q)
+      local waiter, left = nil, 0
+      if due then waiter, left = take_waiter(q) end
       if waiter then
         local s1 = string.find(waiter, ' ', 1, true)
         local s2 = string.find(waiter, ' ', s1 + 1, true)
@@ -242,7 +264,7 @@ for i = 3, #ARGV, 10 do
         redis.call('ZADD', qkey(q, 'leases'), deadline, id)
         local ik = P .. 'i:' .. string.sub(waiter, 1, s1 - 1)
         redis.call('RPUSH', ik, handoff_item(q, id, ARGV[i + 2], 1, ARGV[i + 4], ARGV[i + 3],
-          ARGV[i + 7], now, ARGV[i + 5], tok, owner, deadline))
+          ARGV[i + 7], now, ARGV[i + 5], tok, owner, deadline, math.max(left, 0)))
         redis.call('PEXPIRE', ik, 600000)
       else
         if due then
@@ -301,7 +323,7 @@ publish()
 local waiter = ARGV[9]
 if redis.call('EXISTS', qkey(q, 'paused')) == 1 then
   if waiter ~= '' then
-    redis.call('ZREM', qkey(q, 'waiters'), waiter)
+    waiter_del(q, waiter)
     return {'', '0'}
   end
   return {''}
@@ -342,34 +364,34 @@ end
 if n < limit then
   out[#out + 1] = next_due(q)
   if waiter ~= '' then
-    redis.call('ZADD', qkey(q, 'waiters'), ARGV[10], waiter)
+    waiter_add(q, waiter, ARGV[10], limit - n)  -- room: the slots this claim left free
     out[#out + 1] = '1'
   end
 elseif waiter ~= '' then
-  redis.call('ZREM', qkey(q, 'waiters'), waiter)
+  waiter_del(q, waiter)
 end
 return out
 """
 )
 
-# ARGV: P, queue, now, waiter, expiry, previous waiter ("" none). Registers ``waiter``
-# for a handoff unless work is due already (or the queue is paused), atomically with
+# ARGV: P, queue, now, waiter, expiry, previous waiter ("" none), room (tasks it can
+# take). Registers ``waiter`` for a handoff unless work is due already (or the queue is
+# paused), atomically with
 # that check: a push after it either hands its task over or wakes the stream. Returns
 # NEXT_DUE's answer and 1 when registered, 0 when not.
 REGISTER = (
     PRELUDE
     + r"""
 local q, nows, waiter, old = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
-local wk = qkey(q, 'waiters')
-if old ~= '' then redis.call('ZREM', wk, old) end
+if old ~= '' then waiter_del(q, old) end
 local due = next_due(q)
 local paused = redis.call('EXISTS', qkey(q, 'paused')) == 1
 if paused or (due ~= '' and tonumber(due) <= tonumber(nows)) then
-  redis.call('ZREM', wk, waiter)
+  waiter_del(q, waiter)
   return {due, 0}
 end
-redis.call('ZREMRANGEBYSCORE', wk, '-inf', nows)
-redis.call('ZADD', wk, ARGV[5], waiter)
+waiters_expire(q, nows)
+waiter_add(q, waiter, ARGV[5], ARGV[7])
 return {due, 1}
 """
 )
@@ -379,7 +401,7 @@ return {due, 1}
 DRAIN = (
     PRELUDE
     + r"""
-for i = 3, #ARGV, 2 do redis.call('ZREM', qkey(ARGV[i], 'waiters'), ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do waiter_del(ARGV[i], ARGV[i + 1]) end
 local ik = P .. 'i:' .. ARGV[2]
 local items = redis.call('LRANGE', ik, 0, -1)
 redis.call('DEL', ik)
@@ -391,7 +413,7 @@ return items
 UNREGISTER = (
     PRELUDE
     + r"""
-redis.call('ZREM', qkey(ARGV[2], 'waiters'), ARGV[3])
+waiter_del(ARGV[2], ARGV[3])
 return 1
 """
 )

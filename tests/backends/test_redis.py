@@ -380,6 +380,35 @@ async def test_one_handoff_per_waiter_the_rest_waits_in_line(
     assert info is not None and info.state is TaskState.PENDING and info.attempt == 0
 
 
+async def test_a_waiter_takes_as_many_tasks_as_it_had_free_slots(
+    pair: tuple[RedisBackend, RedisBackend, FakeClock],
+) -> None:
+    consumer, producer, _clock = pair
+    assert await consumer.claim("q", owner="w1", limit=3, lease_ttl=30) == []  # 3 free
+    async with _waiting(consumer, "q") as returned:
+        ids = await producer.push_many(Job(i, queue="q") for i in range(5))
+        assert await _waiters(producer, "q") == 0  # full: the registration is gone
+        with trio.fail_after(5):
+            await returned.wait()
+    infos = [await producer.get_task(i) for i in ids]
+    assert [i.state for i in infos if i] == [TaskState.LEASED] * 3 + [TaskState.PENDING] * 2
+    before = consumer.statistics().round_trips
+    tasks = await consumer.claim("q", owner="w1", limit=3, lease_ttl=30)
+    assert [t.id for t in tasks] == ids[:3]  # one reply brought all three
+    assert consumer.statistics().round_trips == before
+    # one push at a time: the room shrinks, the registration stays until it is full
+    room = f"{producer.prefix}q:r:room"
+    assert await consumer.claim("r", owner="w1", limit=2, lease_ttl=30) == []
+    async with _waiting(consumer, "r"):
+        (member,) = await producer._redis().hkeys(room)
+        assert await producer._redis().hget(room, member) == b"2"
+        await producer.push(1, queue="r")
+        assert await producer._redis().hget(room, member) == b"1"
+        assert await _waiters(producer, "r") == 1
+        await producer.push(2, queue="r")
+        assert await _waiters(producer, "r") == 0 and not await producer._redis().exists([room])
+
+
 async def test_no_handoff_past_an_older_due_task(
     pair: tuple[RedisBackend, RedisBackend, FakeClock],
 ) -> None:
