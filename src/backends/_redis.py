@@ -63,7 +63,10 @@ _REG_TTL = 3.0
 _REG_RENEW = 1.0
 #: A handed-off task nobody in this process claims within this time is given back.
 _HOLD = 1.0
-#: Longest block of the inbox loop's BLMPOP (seconds).
+#: Most tasks one registration takes (a crashed process strands at most this many, until
+#: their leases expire).
+_ROOM_MAX = 4
+#: Longest block of the inbox's BLMPOP (seconds).
 _INBOX_BLOCK = 5.0
 
 
@@ -924,12 +927,13 @@ class RedisBackend(Producer):
                 os.urandom(8).hex(),  # the nonce: a retried call is the same claim
                 member,
                 _f(now + _REG_TTL),
+                str(_ROOM_MAX),
             ],
         )
         rows = len(raw) - len(raw) % 9
         if rows < len(raw):  # a short claim: NEXT_DUE's answer follows the tasks
             self._quiet[queue] = (gen, time.monotonic(), raw[rows])
-            self._room[queue] = limit - rows // 9
+            self._room[queue] = min(limit - rows // 9, _ROOM_MAX)
         if member:
             if rows + 1 < len(raw) and raw[-1] == b"1":
                 self._registered.add(queue)  # renewed: the caller goes idle

@@ -283,7 +283,8 @@ return out
 """
 )
 
-# ARGV: P, queue, owner, limit, now, deadline, max_lost, nonce, waiter, waiter expiry.
+# ARGV: P, queue, owner, limit, now, deadline, max_lost, nonce, waiter, waiter expiry,
+# room cap.
 # ``waiter`` ("" none) is the caller's handoff registration for the queue: a full claim
 # removes it (the caller is busy), a short one renews it (the caller goes idle) and then
 # ends with one more value, "1" (registered) or "0" (not: paused). Reclaims expired
@@ -364,7 +365,8 @@ end
 if n < limit then
   out[#out + 1] = next_due(q)
   if waiter ~= '' then
-    waiter_add(q, waiter, ARGV[10], limit - n)  -- room: the slots this claim left free
+    -- room: the slots this claim left free (capped: what a crash can strand)
+    waiter_add(q, waiter, ARGV[10], math.min(limit - n, tonumber(ARGV[11])))
     out[#out + 1] = '1'
   end
 elseif waiter ~= '' then

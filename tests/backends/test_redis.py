@@ -407,6 +407,14 @@ async def test_a_waiter_takes_as_many_tasks_as_it_had_free_slots(
         assert await _waiters(producer, "r") == 1
         await producer.push(2, queue="r")
         assert await _waiters(producer, "r") == 0 and not await producer._redis().exists([room])
+    # at most 4, whatever is free: what a crashed process can strand until lease expiry
+    room = f"{producer.prefix}q:s:room"
+    assert await consumer.claim("s", owner="w1", limit=50, lease_ttl=30) == []
+    async with _waiting(consumer, "s"):
+        (member,) = await producer._redis().hkeys(room)
+        assert await producer._redis().hget(room, member) == b"4"
+        assert await consumer.claim("s", owner="w1", limit=50, lease_ttl=30) == []
+        assert await producer._redis().hget(room, member) == b"4"  # a short claim: capped
 
 
 async def test_no_handoff_past_an_older_due_task(
