@@ -57,7 +57,7 @@ _SETTLE_CHUNK = 500  # settles per script call
 #: How long a short claim's next-due hint stands in for a NEXT_DUE call (seconds).
 _HINT_FRESH = 0.05
 #: A handoff registration lives this long (backend clock) unless renewed: a crashed
-#: process's registration stops taking tasks after this (one task at most).
+#: process's registration stops taking tasks after this (_ROOM_MAX tasks at most).
 _REG_TTL = 3.0
 #: A waiter renews its registration this often while it waits (seconds).
 _REG_RENEW = 1.0
@@ -303,6 +303,7 @@ class RedisBackend(Producer):
         self._inbox_conn: Any = None  # a connection of its own: it blocks in BLMPOP
         self._inbox_req: Any = None  # the BLMPOP in flight, awaited by the waits
         self._inbox_lock = trio.Lock()
+        self._draining = False  # closing: no new BLMPOP may take tasks from the inbox
         self._claimed_as: dict[str, tuple[str, float]] = {}  # queue: owner, lease ttl
         self._member: dict[str, str] = {}  # queue: the registration's member
         self._registered: set[str] = set()  # queues whose registration may be live
@@ -367,6 +368,7 @@ class RedisBackend(Producer):
         self._closed = False
         self._stack = stack
         self._inbox = os.urandom(8).hex()
+        self._draining = False
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -674,7 +676,8 @@ class RedisBackend(Producer):
         req = self._inbox_req
         if req is None:
             req = await self._send_inbox()
-            if req is None:
+            if req is None:  # no connection yet, or closing
+                await trio.sleep(0.05)
                 return
         try:
             reply = await req
@@ -701,7 +704,7 @@ class RedisBackend(Producer):
                 return self._inbox_req
             conn = self._inbox_conn
             pool = self._pool
-            if pool is None:
+            if pool is None or self._draining:
                 return None
             if conn is None or not conn.usable:
                 self._inbox_conn = None
@@ -737,6 +740,7 @@ class RedisBackend(Producer):
         conn = self._inbox_conn
         if (
             self._inbox_req is None
+            and not self._draining
             and conn is not None
             and conn.usable
             and not self._inbox_lock.locked()
@@ -811,6 +815,7 @@ class RedisBackend(Producer):
     async def _drain_inbox(self) -> None:
         """At close: withdraw every registration, empty the inbox and give back (no
         attempt used) every handed-off task no claim took."""
+        self._draining = True
         req, conn = self._inbox_req, self._inbox_conn
         if req is not None and conn is not None and not req.complete:
             # End the BLMPOP at once (as if it timed out) and take what it brought.
