@@ -211,15 +211,19 @@ local takers = {}
 local function take_waiter(q)
   if takers[q] == false then return nil end
   local wk = qkey(q, 'waiters')
-  if redis.call('EXISTS', wk) == 0 or redis.call('EXISTS', qkey(q, 'paused')) == 1
+  local first = redis.call('ZRANGE', wk, 0, 0, 'WITHSCORES')  -- the oldest registration
+  if #first == 0 or redis.call('EXISTS', qkey(q, 'paused')) == 1
     or redis.call('ZCARD', qkey(q, 'pending')) > 0
     or #redis.call('ZRANGEBYSCORE', qkey(q, 'scheduled'), '-inf', now, 'LIMIT', 0, 1) > 0
     or #redis.call('ZRANGEBYSCORE', qkey(q, 'leases'), '-inf', now, 'LIMIT', 0, 1) > 0 then
     takers[q] = false
     return nil
   end
-  waiters_expire(q, now)
-  local w = redis.call('ZRANGE', wk, 0, 0)[1]
+  if tonumber(first[2]) <= nowf then  -- expired registrations (dead processes) go
+    waiters_expire(q, now)
+    first = redis.call('ZRANGE', wk, 0, 0)
+  end
+  local w = first[1]
   if not w then
     takers[q] = false
     return nil
@@ -244,10 +248,6 @@ for i = 3, #ARGV, 10 do
     local tk = tkey(id)
     if redis.call('EXISTS', tk) == 0 then
       local due = ARGV[i + 9] == '1'
-      redis.call('HSET', tk, 'q', q, 'a', ARGV[i + 2], 'p', ARGV[i + 3], 'm', ARGV[i + 4],
-        'h', ARGV[i + 5], 'e', now, 'r', ARGV[i + 7], 'o', ARGV[i + 8], 'n', 0, 't', 0,
-        'l', 0, 's', due and 'pending' or 'scheduled')
-      if uk ~= '' then redis.call('HSET', tk, 'u', uk) end
       if not seen[q] then
         seen[q] = true
         redis.call('SADD', P .. 'queues', q)
@@ -260,13 +260,20 @@ for i = 3, #ARGV, 10 do
         local owner = string.sub(waiter, s2 + 1)
         local deadline = fmt(nowf + tonumber(string.sub(waiter, s1 + 1, s2 - 1)))
         local tok = redis.call('INCR', P .. 'token')
-        redis.call('HSET', tk, 'n', 1, 's', 'leased', 't', tok, 'w', owner, 'd', deadline)
+        redis.call('HSET', tk, 'q', q, 'a', ARGV[i + 2], 'p', ARGV[i + 3], 'm', ARGV[i + 4],
+          'h', ARGV[i + 5], 'e', now, 'r', ARGV[i + 7], 'o', ARGV[i + 8], 'n', 1, 't', tok,
+          'l', 0, 's', 'leased', 'w', owner, 'd', deadline)
+        if uk ~= '' then redis.call('HSET', tk, 'u', uk) end
         redis.call('ZADD', qkey(q, 'leases'), deadline, id)
         local ik = P .. 'i:' .. string.sub(waiter, 1, s1 - 1)
         redis.call('RPUSH', ik, handoff_item(q, id, ARGV[i + 2], 1, ARGV[i + 4], ARGV[i + 3],
           ARGV[i + 7], now, ARGV[i + 5], tok, owner, deadline, math.max(left, 0)))
         redis.call('PEXPIRE', ik, 600000)
       else
+        redis.call('HSET', tk, 'q', q, 'a', ARGV[i + 2], 'p', ARGV[i + 3], 'm', ARGV[i + 4],
+          'h', ARGV[i + 5], 'e', now, 'r', ARGV[i + 7], 'o', ARGV[i + 8], 'n', 0, 't', 0,
+          'l', 0, 's', due and 'pending' or 'scheduled')
+        if uk ~= '' then redis.call('HSET', tk, 'u', uk) end
         if due then
           takers[q] = false
           redis.call('ZADD', qkey(q, 'pending'), ARGV[i + 8], id)
