@@ -769,6 +769,7 @@ class RedisBackend(Producer):
             task = _handed_task(item)
             queue = task.ctx.queue
             self._stash.setdefault(queue, []).append((until, task))
+            self._room.pop(queue, None)  # taken by the push
             if item.partition(b"\n")[0].endswith(b" 0"):
                 self._registered.discard(queue)  # no room left: the push took it
             woken.add(queue)
@@ -920,6 +921,9 @@ class RedisBackend(Producer):
         now = self.now()
         deadline = now + lease_ttl
         member = self._member.get(queue, "") if self._inbox_running else ""
+        # free slots known from the short claims since the worker went idle (none of
+        # them took a task): a later claim for fewer slots leaves the room as it was
+        floor = 0 if out else self._room.get(queue, 0)
         raw = await self._script(
             "CLAIM",
             [
@@ -933,12 +937,16 @@ class RedisBackend(Producer):
                 member,
                 _f(now + _REG_TTL),
                 str(_ROOM_MAX),
+                str(floor),
             ],
         )
         rows = len(raw) - len(raw) % 9
         if rows < len(raw):  # a short claim: NEXT_DUE's answer follows the tasks
             self._quiet[queue] = (gen, time.monotonic(), raw[rows])
-            self._room[queue] = min(limit - rows // 9, _ROOM_MAX)
+            free = limit - rows // 9 if rows else max(limit, floor)
+            self._room[queue] = min(free, _ROOM_MAX)
+        else:
+            self._room.pop(queue, None)  # full: busy
         if member:
             if rows + 1 < len(raw) and raw[-1] == b"1":
                 self._registered.add(queue)  # renewed: the caller goes idle

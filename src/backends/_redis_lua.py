@@ -291,7 +291,8 @@ return out
 )
 
 # ARGV: P, queue, owner, limit, now, deadline, max_lost, nonce, waiter, waiter expiry,
-# room cap.
+# room cap, room floor (free slots the caller's earlier short claims found, used when
+# this one leases nothing).
 # ``waiter`` ("" none) is the caller's handoff registration for the queue: a full claim
 # removes it (the caller is busy), a short one renews it (the caller goes idle) and then
 # ends with one more value, "1" (registered) or "0" (not: paused). Reclaims expired
@@ -373,7 +374,9 @@ if n < limit then
   out[#out + 1] = next_due(q)
   if waiter ~= '' then
     -- room: the slots this claim left free (capped: what a crash can strand)
-    waiter_add(q, waiter, ARGV[10], math.min(limit - n, tonumber(ARGV[11])))
+    local free = limit - n
+    if n == 0 then free = math.max(free, tonumber(ARGV[12])) end
+    waiter_add(q, waiter, ARGV[10], math.min(free, tonumber(ARGV[11])))
     out[#out + 1] = '1'
   end
 elseif waiter ~= '' then

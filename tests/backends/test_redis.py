@@ -415,6 +415,15 @@ async def test_a_waiter_takes_as_many_tasks_as_it_had_free_slots(
         assert await producer._redis().hget(room, member) == b"4"
         assert await consumer.claim("s", owner="w1", limit=50, lease_ttl=30) == []
         assert await producer._redis().hget(room, member) == b"4"  # a short claim: capped
+        # a later empty claim for fewer slots (one slot asking) leaves the room as it was
+        assert await consumer.claim("s", owner="w1", limit=1, lease_ttl=30) == []
+        assert await producer._redis().hget(room, member) == b"4"
+    # a claim that leases tasks counts afresh: 1 of 2 leased, 1 slot free
+    await producer.pause_queue("s")
+    await producer.push(1, queue="s")  # pending: no handoff to a paused queue
+    await producer.resume_queue("s")
+    assert len(await consumer.claim("s", owner="w1", limit=2, lease_ttl=30)) == 1
+    assert await producer._redis().hget(room, member) == b"1"
 
 
 async def test_no_handoff_past_an_older_due_task(
