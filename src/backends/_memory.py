@@ -348,7 +348,7 @@ class MemoryBackend(Producer):
         if result is not None and self.result_ttl is not None:
             rec.result_expires_at = now + self.result_ttl
         self._finish(self._queues[rec.queue], rec, TaskState.DONE)
-        if self.done_ttl is not None:
+        if self._forget_after is not None:
             heapq.heappush(self._done, (self.kept_until(now, rec.result_expires_at), rec.id))
             self._forget_done(now)
 

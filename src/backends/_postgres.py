@@ -957,7 +957,7 @@ class PostgresBackend(Producer):
     def _maybe_prune(self) -> None:
         """At most once a minute, forget old done tasks in the background (the backend's
         own nursery), never on an ack's path."""
-        if self.done_ttl is None or self._pruning or self._nursery is None:
+        if self._forget_after is None or self._pruning or self._nursery is None:
             return
         now = self.now()
         if now >= self._next_prune:
@@ -993,11 +993,11 @@ class PostgresBackend(Producer):
 
     async def _prune_batch(self) -> int:
         """Delete up to PRUNE_BATCH done tasks past their retention, in one statement."""
-        if self.done_ttl is None:
+        if self._forget_after is None:
             await trio.lowlevel.checkpoint()
             return 0
         now = self.now()
-        params = {"cutoff": now - self.done_ttl, "now": now, "limit": PRUNE_BATCH}
+        params = {"cutoff": now - self._forget_after, "now": now, "limit": PRUNE_BATCH}
         statement = self._s(sql.PRUNE)
 
         async def prune(conn: TrioConnection, retried: bool) -> int:
@@ -1065,8 +1065,8 @@ class PostgresBackend(Producer):
         now = self.now()
         params: dict[str, Any] = {"id": task_id}
         where = "id = %(id)s"
-        if self.done_ttl is not None:  # done and past retention, not yet deleted: gone
-            params.update(cutoff=now - self.done_ttl, now=now)
+        if self._forget_after is not None:  # done and past retention, not yet deleted: gone
+            params.update(cutoff=now - self._forget_after, now=now)
             where += f" AND NOT {sql.KEPT_PAST}"
         statement = self._s(f"SELECT {sql.COLUMNS} FROM {{s}}.tasks WHERE {where}")
 

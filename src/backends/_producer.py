@@ -46,6 +46,7 @@ class Producer:
     max_lost: int
     result_ttl: float | None
     done_ttl: float | None = None
+    _forget_after: float | None = None
 
     def _configure(
         self,
@@ -76,10 +77,14 @@ class Producer:
         self.max_lost = max_lost
         self.result_ttl = result_ttl
         self.done_ttl = done_ttl
+        # Done tasks are forgotten this long after their ack; None: kept for ever (so are
+        # they when results are: result_ttl=None).
+        self._forget_after = None if done_ttl is None or result_ttl is None else done_ttl
 
     def kept_until(self, finished_at: float, result_expires_at: float | None) -> float:
         """When a task that finished (done) at ``finished_at`` is forgotten: ``done_ttl``
-        later, or when its result expires if that is later (``inf`` with ``done_ttl=None``).
+        later, or when its result expires if that is later (``inf`` when ``done_ttl`` or
+        ``result_ttl`` is ``None``).
 
         Example::
 
@@ -87,9 +92,9 @@ class Producer:
             assert backend.kept_until(0.0, None) == 60.0
             assert backend.kept_until(0.0, 3600.0) == 3600.0
         """
-        if self.done_ttl is None:
+        if self._forget_after is None:
             return math.inf
-        until = finished_at + self.done_ttl
+        until = finished_at + self._forget_after
         return until if result_expires_at is None else max(until, result_expires_at)
 
     @property

@@ -210,10 +210,11 @@ class RedisBackend(Producer):
     Time comes from ``clock`` (default ``time.time``, shared by hosts with synced
     clocks). Connection loss and Redis restarts are retried with backoff for up to
     ``reconnect_timeout`` seconds; every call is safe to retry. Connections are named
-    ``client_name`` (``CLIENT LIST`` shows them). A done task's record
-    is kept ``done_ttl`` seconds (at least ``result_ttl``; ``None``: forever) and then
-    expires in Redis. For durability across a Redis restart, run Redis with
-    ``appendonly yes`` (and ``appendfsync everysec`` or ``always``).
+    ``client_name`` (``CLIENT LIST`` shows them). A done task is kept
+    ``done_ttl`` seconds, or as long as its result (``None``: forever), then forgotten
+    on the backend's clock; its record expires in Redis soon after. For durability
+    across a Redis restart, run Redis with ``appendonly yes`` (and ``appendfsync
+    everysec`` or ``always``).
 
     Example::
 
@@ -248,11 +249,10 @@ class RedisBackend(Producer):
             aging=aging,
             max_lost=max_lost,
             result_ttl=result_ttl,
+            done_ttl=done_ttl,
         )
         if not prefix:
             raise ValueError("prefix must be a non-empty string, e.g. 'turret:'")
-        if done_ttl is not None and done_ttl <= 0:
-            raise ValueError(f"done_ttl must be > 0 seconds or None (forever), got {done_ttl}")
         if reconnect_timeout < 0:
             raise ValueError(f"reconnect_timeout must be >= 0 seconds, got {reconnect_timeout}")
         if max_connections < 4:
@@ -262,7 +262,6 @@ class RedisBackend(Producer):
             )
         self._url = url or os.environ.get("TURRET_REDIS_URL") or DEFAULT_REDIS_URL
         self.prefix = prefix
-        self.done_ttl = done_ttl
         self.reconnect_timeout = reconnect_timeout
         self.max_connections = max_connections
         self.client_name = client_name
@@ -271,6 +270,7 @@ class RedisBackend(Producer):
         else:
             self._keep_ms = str(max(1, math.ceil(max(done_ttl, result_ttl) * 1000)))
         self._ttl = "" if result_ttl is None else _f(result_ttl)
+        self._forget = "" if self._forget_after is None else _f(self._forget_after)
         self._client: coredis.Redis[bytes] | None = None
         self._pool: coredis.ConnectionPool[Any] | None = None
         self._scripts: dict[str, Script[bytes]] = {}
@@ -838,7 +838,7 @@ class RedisBackend(Producer):
             tasks += [_handed_task(item) for item in items]
             if tasks:
                 nonce = os.urandom(8).hex()
-                args: list[str | bytes] = [_f(self.now()), "", "", _f(self.aging), nonce]
+                args: list[str | bytes] = [_f(self.now()), "", "", _f(self.aging), nonce, ""]
                 for task in tasks:
                     assert task.ctx.lease is not None
                     args += ["L", task.ctx.id, str(task.ctx.lease.token), "", ""]
@@ -1031,6 +1031,7 @@ class RedisBackend(Producer):
                 self._keep_ms,
                 _f(self.aging),
                 nonce,
+                self._forget,
             ]
             for op in ops:
                 args += op.args
@@ -1062,7 +1063,13 @@ class RedisBackend(Producer):
         raw = await self._call(lambda: client.hgetall(self.prefix + "t:" + task_id))
         if not raw:
             return None
-        return self._info(task_id, {_s(k): v for k, v in raw.items()})
+        h = {_s(k): v for k, v in raw.items()}
+        if (
+            "fa" in h
+            and self.kept_until(float(h["fa"]), float(h["rx"]) if "rx" in h else None) <= self.now()
+        ):
+            return None  # done and forgotten (its key expires in Redis soon after)
+        return self._info(task_id, h)
 
     def _info(self, task_id: str, h: dict[str, bytes]) -> TaskInfo:
         now = self.now()
@@ -1155,7 +1162,7 @@ class RedisBackend(Producer):
     # --- inspection -------------------------------------------------------------------
 
     async def stats(self) -> list[QueueStats]:
-        raw = await self._script("STATS", [])
+        raw = await self._script("STATS", [_f(self.now())])
         out = [
             QueueStats(
                 queue=_s(raw[i]),
@@ -1188,6 +1195,18 @@ class RedisBackend(Producer):
             wakeups=self._wakeups,
             handoffs=self._handoffs,
         )
+
+    async def prune(self) -> int:
+        """Forget the done tasks past their retention now (on the backend's clock); how
+        many. Their keys expire in Redis on their own; settles and ``stats()`` drop them
+        from the done count as well.
+
+        Example::
+
+            async with RedisBackend.open(url, done_ttl=3600) as backend:
+                forgotten = await backend.prune()
+        """
+        return int(await self._script("PRUNE", [_f(self.now())]))
 
     async def purge(self) -> int:
         """Delete every key under this backend's prefix (tests, resets); return how many.

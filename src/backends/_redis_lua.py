@@ -7,14 +7,17 @@ Data layout (``P`` is the key prefix, default ``turret:``)::
                                 r run_at, o order key, s state, n attempt, t token,
                                 w owner, d lease deadline, l lost, res result,
                                 rx result expiry, err last error, dr dead reason,
-                                c cancel reason, st token of the settle that finished it
+                                c cancel reason, st token of the settle that finished it,
+                                fa when it was acked (done)
     P q:<queue>:pending   ZSET  due tasks by order = eligible_at - priority * aging
                                 (ties by id: ULIDs, so FIFO)
     P q:<queue>:scheduled ZSET  waiting tasks by run_at
     P q:<queue>:leases    ZSET  leased tasks by lease deadline (per task, not per worker)
     P q:<queue>:dead      ZSET  dead letters, score 0, so ordered by id
-    P q:<queue>:stats     HASH  done: count of acked tasks; reclaimed: count of expired
-                                leases reclaimed (dead-lettered or not), ever
+    P q:<queue>:done      ZSET  done tasks not yet forgotten, by when they are (the
+                                done count; "+inf": kept for ever)
+    P q:<queue>:stats     HASH  reclaimed: count of expired leases reclaimed
+                                (dead-lettered or not), ever
     P q:<queue>:paused    STRING present while the queue is paused
     P u:<unique key>      STRING id of the live task holding the key
     P queues              SET   every queue name seen
@@ -51,6 +54,7 @@ __all__ = [
     "DEAD_LETTERS",
     "DRAIN",
     "NEXT_DUE",
+    "PRUNE",
     "PUSH",
     "RECLAIM",
     "REGISTER",
@@ -431,7 +435,8 @@ return 1
 )
 
 # ARGV: P, now, result_ttl ("" none), keep_ms ("" forever), aging, call nonce,
-# then 5 per op: kind (A ack, R retry, D dead, L release), id, token, x1, x2.
+# forget ("" never: seconds after an ack a done task is forgotten, on the backend's
+# clock), then 5 per op: kind (A ack, R retry, D dead, L release), id, token, x1, x2.
 #   A: x1 = "1" when x2 is the result;  R: x1 = run_at, x2 = error;  D: x1 = reason.
 # Returns one string per op: "" when done, else why the lease was refused. The nonce
 # (unique per call, kept when the call is retried after a lost reply) makes a retried
@@ -440,9 +445,11 @@ SETTLE = (
     PRELUDE
     + r"""
 local nows, ttl, keep, aging, nonce = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local forget = ARGV[7]
 local now = tonumber(nows)
 local out = {}
-for i = 7, #ARGV, 5 do
+local trimmed = {}
+for i = 8, #ARGV, 5 do
   local kind, id, tok = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local tk = tkey(id)
   local f = redis.call('HMGET', tk, 's', 't', 'd', 'q', 'st', 'c', 'u', 'p', 'r', 'o')
@@ -472,7 +479,20 @@ for i = 7, #ARGV, 5 do
         redis.call('HDEL', tk, 'res', 'rx')
       end
       finish(id, q, uk, 'done')
-      redis.call('HINCRBY', qkey(q, 'stats'), 'done', 1)
+      redis.call('HSET', tk, 'fa', nows)
+      -- the done count is a gauge: a task leaves it when it is forgotten (kept done_ttl,
+      -- or as long as its result); the record itself expires in Redis a little later
+      local forgotten = '+inf'
+      if forget ~= '' then
+        local at = now + tonumber(forget)
+        if ARGV[i + 3] == '1' and ttl ~= '' then at = math.max(at, now + tonumber(ttl)) end
+        forgotten = fmt(at)
+      end
+      redis.call('ZADD', qkey(q, 'done'), forgotten, id)
+      if not trimmed[q] then  -- once per queue and call: drop the forgotten ones
+        trimmed[q] = true
+        redis.call('ZREMRANGEBYSCORE', qkey(q, 'done'), '-inf', nows)
+      end
       if keep ~= '' then redis.call('PEXPIRE', tk, keep) end
     elseif kind == 'D' then
       to_dead(id, q, uk, ARGV[i + 3])
@@ -586,24 +606,38 @@ return out
 """
 )
 
-# ARGV: P. Returns 8 values per queue: name, pending, scheduled, leased, done, dead,
-# paused, reclaimed.
+# ARGV: P, now. Returns 8 values per queue: name, pending, scheduled, leased, done (the
+# done tasks not yet forgotten), dead, paused, reclaimed.
 STATS = (
     PRELUDE
     + r"""
 local out = {}
 for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
-  local c = redis.call('HMGET', qkey(q, 'stats'), 'done', 'reclaimed')
+  local c = redis.call('HMGET', qkey(q, 'stats'), 'reclaimed')
+  redis.call('ZREMRANGEBYSCORE', qkey(q, 'done'), '-inf', ARGV[2])  -- forgotten by now
   out[#out + 1] = q
   out[#out + 1] = redis.call('ZCARD', qkey(q, 'pending'))
   out[#out + 1] = redis.call('ZCARD', qkey(q, 'scheduled'))
   out[#out + 1] = redis.call('ZCARD', qkey(q, 'leases'))
-  out[#out + 1] = tonumber(c[1] or '0')
+  out[#out + 1] = redis.call('ZCARD', qkey(q, 'done'))
   out[#out + 1] = redis.call('ZCARD', qkey(q, 'dead'))
   out[#out + 1] = redis.call('EXISTS', qkey(q, 'paused'))
-  out[#out + 1] = tonumber(c[2] or '0')
+  out[#out + 1] = tonumber(c[1] or '0')
 end
 return out
+"""
+)
+
+# ARGV: P, now. Drops the done tasks forgotten by now from every queue's done count;
+# returns how many.
+PRUNE = (
+    PRELUDE
+    + r"""
+local n = 0
+for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+  n = n + redis.call('ZREMRANGEBYSCORE', qkey(q, 'done'), '-inf', ARGV[2])
+end
+return n
 """
 )
 

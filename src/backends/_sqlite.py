@@ -690,7 +690,7 @@ class SqliteBackend(Producer):
         now = self.now()
         expires = None if result is None or self.result_ttl is None else now + self.result_ttl
         # At most once a minute, an ack also forgets one batch of old done tasks.
-        prune = self.done_ttl is not None and now >= self._next_prune
+        prune = self._forget_after is not None and now >= self._next_prune
         if prune:
             self._next_prune = now + PRUNE_EVERY
 
@@ -714,7 +714,7 @@ class SqliteBackend(Producer):
     def _prune_in(self, conn: sqlite3.Connection, now: float) -> int:
         """Delete up to PRUNE_BATCH done tasks past their retention (in the caller's
         transaction, which stays short: SQLite has one writer at a time)."""
-        assert self.done_ttl is not None
+        assert self._forget_after is not None
         conn.execute(  # acked by an older turret still running: retention starts now
             "UPDATE turret_tasks SET finished_at = ? WHERE rowid IN (SELECT rowid FROM "
             "turret_tasks WHERE state = 'done' AND finished_at IS NULL LIMIT ?)",
@@ -724,7 +724,7 @@ class SqliteBackend(Producer):
             "DELETE FROM turret_tasks WHERE rowid IN (SELECT rowid FROM turret_tasks "
             "WHERE state = 'done' AND finished_at <= ? "
             "AND (result_expires_at IS NULL OR result_expires_at <= ?) LIMIT ?)",
-            (now - self.done_ttl, now, PRUNE_BATCH),
+            (now - self._forget_after, now, PRUNE_BATCH),
         ).rowcount
 
     async def prune(self) -> int:
@@ -736,7 +736,7 @@ class SqliteBackend(Producer):
             async with SqliteBackend.open("tasks.db", done_ttl=3600) as backend:
                 forgotten = await backend.prune()
         """
-        if self.done_ttl is None:
+        if self._forget_after is None:
             await trio.lowlevel.checkpoint()
             return 0
         now = self.now()

@@ -318,6 +318,11 @@ class Backend(Protocol):
         """Reclaim every expired lease now (``claim`` does this too); return how many."""
         ...
 
+    async def prune(self) -> int:
+        """Forget the done tasks kept past ``done_ttl`` (and their result's retention) now;
+        return how many. Backends also do it on their own; dead letters are never pruned."""
+        ...
+
     async def pause_queue(self, queue: str) -> None:
         """Stop handing out tasks of ``queue`` (running ones go on). Idempotent."""
         ...

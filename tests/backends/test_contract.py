@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from typing import Any
 
 import pytest
 import trio
@@ -385,19 +385,6 @@ async def test_ack_stores_result_for_its_retention(
         assert got.result is None
 
 
-class Prunable(Protocol):
-    async def prune(self) -> int: ...
-
-
-@pytest.fixture
-def clocked_kit(kit: Kit) -> Kit:
-    """A kit whose done records expire on the backend's clock (the retention tests move
-    it); Redis expires them by its own clock instead."""
-    if kit.name == "redis":
-        pytest.skip("Redis expires done records by its own clock (see test_redis.py)")
-    return kit
-
-
 async def ack_all(backend: Backend, n: int, result: Any = None) -> list[TaskId]:
     ids = [await backend.push(i) for i in range(n)]
     for task in await claim(backend, limit=n):
@@ -407,11 +394,9 @@ async def ack_all(backend: Backend, n: int, result: Any = None) -> list[TaskId]:
 
 
 async def test_done_task_is_forgotten_after_done_ttl_and_its_result(
-    clocked_kit: Kit, mock_clock: trio.testing.MockClock
+    kit: Kit, mock_clock: trio.testing.MockClock
 ) -> None:
-    async with clocked_kit.open(
-        clock=trio.current_time, done_ttl=100.0, result_ttl=250.0
-    ) as backend:
+    async with kit.open(clock=trio.current_time, done_ttl=100.0, result_ttl=250.0) as backend:
         (plain,) = await ack_all(backend, 1)
         (with_result,) = await ack_all(backend, 1, result=42)
         mock_clock.jump(99)
@@ -427,10 +412,9 @@ async def test_done_task_is_forgotten_after_done_ttl_and_its_result(
 
 
 async def test_prune_deletes_done_tasks_past_retention_only(
-    clocked_kit: Kit, mock_clock: trio.testing.MockClock
+    kit: Kit, mock_clock: trio.testing.MockClock
 ) -> None:
-    async with clocked_kit.open(clock=trio.current_time, done_ttl=100.0) as backend:
-        store = cast(Prunable, backend)
+    async with kit.open(clock=trio.current_time, done_ttl=100.0) as backend:
         old = await ack_all(backend, 3)
         dead_id = await backend.push("poison")
         task = await claim_one(backend)
@@ -439,8 +423,8 @@ async def test_prune_deletes_done_tasks_past_retention_only(
         young = await ack_all(backend, 2)
         waiting = await backend.push("later")
         mock_clock.jump(40)
-        assert await store.prune() == 3
-        assert await store.prune() == 0
+        assert await backend.prune() == 3
+        assert await backend.prune() == 0
         (stats,) = await backend.stats()
         assert (stats.done, stats.dead, stats.pending) == (2, 1, 1)
         for task_id in old:
@@ -450,25 +434,27 @@ async def test_prune_deletes_done_tasks_past_retention_only(
         assert (await info(backend, waiting)).state is TaskState.PENDING
         # Dead letters are kept until replayed, however old.
         mock_clock.jump(10 * 365 * 86400)
-        assert await store.prune() == 2
+        assert await backend.prune() == 2
         assert [t.id for t in await backend.dead_letters("default")] == [dead_id]
 
 
-async def test_done_ttl_none_keeps_done_tasks_for_ever(
-    kit: Kit, mock_clock: trio.testing.MockClock
+@pytest.mark.parametrize("forever", ["done_ttl", "result_ttl"])
+async def test_done_tasks_are_kept_for_ever_with_no_ttl(
+    kit: Kit, mock_clock: trio.testing.MockClock, forever: str
 ) -> None:
-    async with kit.open(clock=trio.current_time, done_ttl=None) as backend:
+    """``done_ttl=None`` keeps done tasks for ever, and so does ``result_ttl=None``
+    (results kept for ever keep their tasks)."""
+    async with kit.open(clock=trio.current_time, **{forever: None}) as backend:
         (task_id,) = await ack_all(backend, 1)
         mock_clock.jump(10 * 365 * 86400)
-        if kit.name != "redis":
-            assert await cast(Prunable, backend).prune() == 0
+        assert await backend.prune() == 0
         assert (await info(backend, task_id)).state is TaskState.DONE
 
 
 async def test_an_ack_forgets_old_done_tasks_on_its_own(
-    clocked_kit: Kit, mock_clock: trio.testing.MockClock
+    kit: Kit, mock_clock: trio.testing.MockClock
 ) -> None:
-    async with clocked_kit.open(clock=trio.current_time, done_ttl=10.0) as backend:
+    async with kit.open(clock=trio.current_time, done_ttl=10.0) as backend:
         await ack_all(backend, 2)
         mock_clock.jump(61)  # past done_ttl and the minute between prunes
         await ack_all(backend, 1)

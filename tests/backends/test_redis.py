@@ -579,3 +579,21 @@ async def test_a_dead_waiters_registration_expires_and_its_task_is_reclaimed(
     info = await producer.get_task(swallowed)
     assert info is not None and info.state is TaskState.PENDING
     assert info.last_error == "worker lost" and info.lost == 1
+
+
+async def test_a_done_record_expires_in_redis_after_its_retention(url: str) -> None:
+    """The backend forgets a done task on its own clock (the conformance suite); Redis
+    deletes the record itself: its key carries a TTL of max(done_ttl, result_ttl)."""
+    prefix = f"turret-test:{uuid.uuid4().hex}:"
+    async with RedisBackend.open(url, prefix=prefix, done_ttl=100.0, result_ttl=10.0) as b:
+        try:
+            task_id = await b.push("x")
+            (task,) = await b.claim("default", owner="w", limit=1, lease_ttl=30)
+            await b.ack(task_id, task.ctx.lease.token)
+            admin = coredis.Redis.from_url(url)
+            async with admin:
+                ttl_ms = await admin.pttl(f"{prefix}t:{task_id}")
+            assert 90_000 < ttl_ms <= 100_000
+        finally:
+            with trio.CancelScope(shield=True):
+                await b.purge()
