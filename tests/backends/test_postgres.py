@@ -478,3 +478,30 @@ async def test_closing_right_after_an_ack_stops_its_background_prune(dsn: str, s
         await backend.ack(task_id, task.ctx.lease.token)
         assert backend.statistics().open
     assert not backend.statistics().open
+
+
+async def test_a_background_prune_goes_on_while_a_backlog_is_due(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One background prune deletes batch after batch until fewer than a batch are due."""
+    from turret.backends import _postgres
+
+    monkeypatch.setattr(_postgres, "PRUNE_BATCH", 2)
+    now = [1_000_000.0]
+    async with PostgresBackend.open(
+        dsn, schema=schema, clock=lambda: now[0], done_ttl=10.0
+    ) as backend:
+        for _ in range(5):
+            task_id = await backend.push("x")
+            (task,) = await backend.claim("default", owner="w", limit=1, lease_ttl=30)
+            await backend.ack(task_id, task.ctx.lease.token)
+        now[0] += 61
+        task_id = await backend.push("y")
+        (task,) = await backend.claim("default", owner="w", limit=1, lease_ttl=30)
+        await backend.ack(task_id, task.ctx.lease.token)  # starts the prune
+        for _ in range(10_000):  # it runs in the backend's nursery: let it finish
+            (stats,) = await backend.stats()
+            if stats.done == 1 and not backend._pruning:
+                break
+            await trio.lowlevel.checkpoint()
+        assert stats.done == 1  # 5 old ones in batches of 2, 2 and 1

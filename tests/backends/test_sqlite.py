@@ -14,6 +14,7 @@ import pytest
 
 from turret import TaskId, TaskState
 from turret.backends import SCHEMA_VERSION, SqliteBackend
+from turret.backends import _sqlite as sqlite_backend
 from turret.backends._sqlite import MIGRATIONS
 
 NOW = 1_000_000.0
@@ -178,3 +179,28 @@ async def test_a_done_task_acked_by_an_older_turret_is_pruned_too(tmp_path: Path
         clock.now += 100
         assert await backend.prune() == 1
         assert await backend.get_task(task_id) is None
+
+
+async def test_acks_keep_pruning_while_a_backlog_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack deletes one batch; when the batch was full the next ack takes another,
+    instead of waiting a minute (a backlog after an upgrade drains at the ack rate)."""
+    monkeypatch.setattr(sqlite_backend, "PRUNE_BATCH", 2)
+    clock = Clock()
+    async with SqliteBackend.open(tmp_path / "t.db", clock=clock, done_ttl=10.0) as backend:
+
+        async def ack_one() -> None:
+            task_id = await backend.push("x")
+            (task,) = await backend.claim("default", owner="w", limit=1, lease_ttl=30)
+            await backend.ack(task_id, task.ctx.lease.token)
+
+        for _ in range(5):
+            await ack_one()  # the first ack's prune (nothing due) starts the minute
+        clock.now += 61
+        done = []
+        for _ in range(3):
+            await ack_one()
+            (stats,) = await backend.stats()
+            done.append(stats.done)
+        assert done == [4, 3, 3]  # 5 old + 1 new - 2; +1 - 2; +1 - 1 (none left)
