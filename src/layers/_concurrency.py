@@ -92,11 +92,7 @@ class _Permit:
         # No coroutine of its own: give the permit back (a waiter woken by it runs only
         # after this task's next checkpoint), then hand back the inner reservation's exit
         # for the caller to await.
-        slots = self.slots
-        if slots.lot:
-            slots.lot.unpark()
-        else:
-            slots.free += 1
+        self.slots.release()
         return self.inner.__aexit__(exc_type, exc, tb)
 
 
