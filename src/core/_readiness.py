@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from ._context import WorkerContext
+from ._permits import Permits
 from ._service import ALWAYS_READY, Service
 from ._task import Task
 
@@ -16,7 +17,7 @@ __all__ = ["Readiness", "Tracker"]
 
 
 class _Reservation:
-    """One slot of the worker's limiter; the reservation itself is the borrower."""
+    """One of the worker's ``concurrency`` slots, then the inner stack's reservation."""
 
     __slots__ = ("inner_cm", "owner")
 
@@ -29,19 +30,20 @@ class _Reservation:
         context = owner.context
         if context._paused or context.stopping:
             await context.wait_runnable()
-        try:
-            # A free slot is taken without a schedule point, so the worker can reserve
-            # several slots in a row and claim for all of them in one batch.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            owner.limiter.acquire_on_behalf_of_nowait(self)
-        except trio.WouldBlock:
-            await owner.limiter.acquire_on_behalf_of(self)
+        permits = owner.permits
+        # A free slot is taken without a schedule point, so the worker can reserve
+        # several slots in a row and claim for all of them in one batch.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if permits.free:
+            permits.free -= 1
+        else:
+            await permits.lot.park()  # woken holding the permit a release handed over
         cm = owner.inner.ready()
         if cm is not ALWAYS_READY:
             try:
                 await cm.__aenter__()
             except BaseException:
-                owner.limiter.release_on_behalf_of(self)
+                permits.release()
                 raise
             self.inner_cm = cm
 
@@ -55,7 +57,7 @@ class _Reservation:
             if self.inner_cm is not None:
                 await self.inner_cm.__aexit__(exc_type, exc, tb)
         finally:
-            self.owner.limiter.release_on_behalf_of(self)
+            self.owner.permits.release()
 
 
 class Readiness(Service[Task[Any], Any]):
@@ -65,14 +67,14 @@ class Readiness(Service[Task[Any], Any]):
     a task, so a paused or full worker claims nothing.
     """
 
-    __slots__ = ("context", "inner", "limiter")
+    __slots__ = ("context", "inner", "permits")
 
     def __init__(
         self, inner: Service[Task[Any], Any], context: WorkerContext, concurrency: int
     ) -> None:
         self.inner = inner
         self.context = context
-        self.limiter = trio.CapacityLimiter(concurrency)
+        self.permits = Permits(concurrency)
 
     def ready(self) -> AbstractAsyncContextManager[None]:
         return _Reservation(self)

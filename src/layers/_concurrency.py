@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 import trio
 
+from ..core._permits import Permits
 from ..core._service import Service
 from ._nowait import nowait_reservation
 
@@ -38,36 +39,12 @@ class ConcurrencyLimitStatistics:
     waiting: int
 
 
-class _Slots:
-    """``total`` permits handed out first come, first served, bound to no task.
-
-    A reservation is entered in the worker's loop task and exited in the task that runs
-    the call, so the permit cannot belong to a task (as a ``trio.CapacityLimiter``'s
-    token does). ``free`` is never above zero while a reservation waits: a release hands
-    its permit straight to the longest waiter, so a newcomer cannot overtake it. A
-    waiter cancelled while parked leaves the lot (trio's abort) and holds nothing.
-    """
-
-    __slots__ = ("free", "lot", "total")
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.free = total
-        self.lot = trio.lowlevel.ParkingLot()
-
-    def release(self) -> None:
-        if self.lot:
-            self.lot.unpark()  # the permit passes to the first waiter
-        else:
-            self.free += 1
-
-
 class _Permit:
     """One of the service's own permits, then the inner reservation."""
 
     __slots__ = ("inner", "slots")
 
-    def __init__(self, slots: _Slots, inner: AbstractAsyncContextManager[None]) -> None:
+    def __init__(self, slots: Permits, inner: AbstractAsyncContextManager[None]) -> None:
         self.slots = slots
         self.inner = inner
 
@@ -184,11 +161,11 @@ class ConcurrencyLimit(Service[Req, Res]):
     def __init__(self, inner: Service[Req, Res], limit: int | trio.CapacityLimiter) -> None:
         self.inner = inner
         self.limiter: trio.CapacityLimiter | None
-        self._slots: _Slots | None
+        self._slots: Permits | None
         if isinstance(limit, trio.CapacityLimiter):
             self.limiter, self._slots = limit, None
         else:
-            self.limiter, self._slots = None, _Slots(limit)
+            self.limiter, self._slots = None, Permits(limit)
 
     def ready(self) -> AbstractAsyncContextManager[None]:
         slots = self._slots
@@ -214,7 +191,7 @@ class ConcurrencyLimit(Service[Req, Res]):
         slots = self._slots
         if slots is not None:
             return ConcurrencyLimitStatistics(
-                limit=slots.total, in_use=slots.total - slots.free, waiting=len(slots.lot)
+                limit=slots.total, in_use=slots.in_use, waiting=len(slots.lot)
             )
         assert self.limiter is not None
         s = self.limiter.statistics()

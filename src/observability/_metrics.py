@@ -554,7 +554,7 @@ class _LiveCollector(Collector):
             in_progress.add_metric((name, worker.queue), ctx.in_flight)
             if rd is None:
                 continue
-            total = int(rd.limiter.total_tokens)
+            total = rd.permits.total
             limit.add_metric((name,), total)
             ok = ctx.state is WorkerState.RUNNING and ctx.in_flight < total
             ready.add_metric((name,), 1.0 if ok else 0.0)

@@ -34,6 +34,7 @@ import turret.layers
 from turret import Job, Task, TaskContext, TaskId, TaskState, WorkerBuilder, WorkerContext
 from turret.backends import MemoryBackend
 from turret.core._fetch import Fetcher, Slot
+from turret.core._permits import Permits
 from turret.core._readiness import Readiness
 from turret.core._worker import Worker
 
@@ -75,7 +76,7 @@ class SlowClaimBackend(MemoryBackend):
         self.ack_delay = ack_delay
         self.shield_claim = shield_claim
         self.gate: trio.Event | None = None
-        self.limiter: trio.CapacityLimiter | None = None  # the watched worker's slots
+        self.permits: Permits | None = None  # the watched worker's slots
         self.concurrency = 0
         self.calls = 0
         self.claiming = 0
@@ -91,14 +92,14 @@ class SlowClaimBackend(MemoryBackend):
         svc: Any = worker.service
         while not isinstance(svc, Readiness):
             svc = svc.inner
-        self.limiter = svc.limiter
-        self.concurrency = int(svc.limiter.total_tokens)
+        self.permits = svc.permits
+        self.concurrency = svc.permits.total
 
     def plain(self) -> None:
         """Fast and unchecked from now on (for the worker that drains what is left)."""
         self.claim_delays, self.ack_delay = (0.0,), 0.0
         self.shield_claim, self.read_first = False, False
-        self.gate, self.limiter = None, None
+        self.gate, self.permits = None, None
 
     def leased(self) -> int:
         stats = self.statistics().queues.get("default")
@@ -113,9 +114,9 @@ class SlowClaimBackend(MemoryBackend):
         if self.claiming:
             self.violations.append(f"t={start}: a claim began while another was in flight")
         free = limit
-        if self.limiter is not None:
+        if self.permits is not None:
             # Every reservation holds at most one lease; settling tasks hold none.
-            free = int(self.limiter.borrowed_tokens) - (len(self.held) - self.settling)
+            free = self.permits.in_use - (len(self.held) - self.settling)
             if limit > free:
                 self.violations.append(
                     f"t={start}: claim(limit={limit}) with only {free} reserved slot(s) free"
@@ -135,7 +136,7 @@ class SlowClaimBackend(MemoryBackend):
             self.held.add(t.ctx.lease.token)
             self.claimed_at[t.ctx.lease.token] = now
         self.max_held = max(self.max_held, len(self.held))
-        if self.limiter is not None and len(self.held) > self.concurrency + self.settling:
+        if self.permits is not None and len(self.held) > self.concurrency + self.settling:
             self.violations.append(
                 f"t={now}: {len(self.held)} leases held, concurrency {self.concurrency}, "
                 f"{self.settling} settle(s) in flight"
@@ -307,8 +308,8 @@ async def run_schedule(s: Schedule) -> Outcome:
     worker = builder.build(handler.run)
     backend.watch(worker)
     time_slots(worker._fetcher, s.slot_bound, backend.violations)
-    assert backend.limiter is not None
-    limiter = backend.limiter
+    assert backend.permits is not None
+    permits = backend.permits
     ctx = worker.context
     returned = trio.Event()
 
@@ -340,7 +341,7 @@ async def run_schedule(s: Schedule) -> Outcome:
                 ctx.pause()
                 await trio.sleep(s.pause_for)
                 if s.pause_for >= s.stop_bound:  # a paused worker holds no reservation
-                    assert limiter.borrowed_tokens == 0, "reservations held while paused"
+                    assert permits.in_use == 0, "reservations held while paused"
                 ctx.resume()
                 bound += s.pause_for
             with trio.move_on_after(bound):
@@ -357,7 +358,7 @@ async def run_schedule(s: Schedule) -> Outcome:
             ctx.pause()
             await trio.sleep(s.pause_for)
             if s.pause_for >= s.stop_bound:
-                assert limiter.borrowed_tokens == 0, "reservations held while paused"
+                assert permits.in_use == 0, "reservations held while paused"
             ctx.stop()
             await stopped_within(s.stop_bound, "stop while paused")
         elif s.action == "grace":
@@ -374,7 +375,7 @@ async def run_schedule(s: Schedule) -> Outcome:
 
     # Invariant 1 when the worker has stopped, however it stopped.
     assert backend.leased() == 0, "tasks still leased after the worker stopped"
-    assert limiter.borrowed_tokens == 0
+    assert permits.in_use == 0
     for n, task_id in enumerate(ids):
         rec = backend.get(task_id)
         if rec.state is TaskState.DONE:
