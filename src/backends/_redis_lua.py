@@ -356,8 +356,9 @@ if n > 0 then
     local tk = tkey(id)
     local f = redis.call('HMGET', tk, 'a', 'n', 'm', 'p', 'r', 'e', 'h')
     local attempt = tonumber(f[2]) + 1
+    -- ``st`` (an earlier lease's settle) stays: it names its own token, so it matches
+    -- only a retry of that very settle call, which did succeed
     redis.call('HSET', tk, 'n', attempt, 's', 'leased', 't', tok, 'w', owner, 'd', deadline)
-    redis.call('HDEL', tk, 'st')
     out[#out + 1] = id
     out[#out + 1] = f[1]
     out[#out + 1] = attempt
@@ -466,20 +467,19 @@ for i = 8, #ARGV, 5 do
   else
     local q, uk = f[4], f[7] or nil
     redis.call('ZREM', qkey(q, 'leases'), id)
-    redis.call('HSET', tk, 'st', nonce .. ':' .. tok)
+    local stamp = nonce .. ':' .. tok
     if kind == 'A' then
+      -- what finish() does, with the result, in one HSET and one HDEL: the hot path
+      local set, del = {'st', stamp, 's', 'done', 'fa', nows}, {'w', 'c'}
       if ARGV[i + 3] == '1' then
-        redis.call('HSET', tk, 'res', ARGV[i + 4])
-        if ttl ~= '' then
-          redis.call('HSET', tk, 'rx', fmt(now + tonumber(ttl)))
-        else
-          redis.call('HDEL', tk, 'rx')
-        end
+        set[7], set[8] = 'res', ARGV[i + 4]
+        if ttl ~= '' then set[9], set[10] = 'rx', fmt(now + tonumber(ttl)) else del[3] = 'rx' end
       else
-        redis.call('HDEL', tk, 'res', 'rx')
+        del[3], del[4] = 'res', 'rx'
       end
-      finish(id, q, uk, 'done')
-      redis.call('HSET', tk, 'fa', nows)
+      redis.call('HSET', tk, unpack(set))
+      redis.call('HDEL', tk, unpack(del))
+      unique_release(id, uk)
       -- the done count is a gauge: a task leaves it when it is forgotten (kept done_ttl,
       -- or as long as its result); the record itself expires in Redis a little later
       local forgotten = '+inf'
@@ -494,23 +494,26 @@ for i = 8, #ARGV, 5 do
         redis.call('ZREMRANGEBYSCORE', qkey(q, 'done'), '-inf', nows)
       end
       if keep ~= '' then redis.call('PEXPIRE', tk, keep) end
-    elseif kind == 'D' then
-      to_dead(id, q, uk, ARGV[i + 3])
-    elseif kind == 'R' then
-      redis.call('HSET', tk, 'err', ARGV[i + 4])
-      if f[6] then
-        to_dead(id, q, uk, 'cancelled: ' .. f[6])
-      else
-        local run_at = tonumber(ARGV[i + 3])
-        redis.call('HSET', tk, 'r', ARGV[i + 3], 'o', fmt(run_at - tonumber(f[8]) * aging))
-        make_ready(id, q, run_at, now, run_at - tonumber(f[8]) * aging)
-      end
     else
-      redis.call('HINCRBY', tk, 'n', -1)
-      if f[6] then
-        to_dead(id, q, uk, 'cancelled: ' .. f[6])
+      redis.call('HSET', tk, 'st', stamp)
+      if kind == 'D' then
+        to_dead(id, q, uk, ARGV[i + 3])
+      elseif kind == 'R' then
+        redis.call('HSET', tk, 'err', ARGV[i + 4])
+        if f[6] then
+          to_dead(id, q, uk, 'cancelled: ' .. f[6])
+        else
+          local run_at = tonumber(ARGV[i + 3])
+          redis.call('HSET', tk, 'r', ARGV[i + 3], 'o', fmt(run_at - tonumber(f[8]) * aging))
+          make_ready(id, q, run_at, now, run_at - tonumber(f[8]) * aging)
+        end
       else
-        make_ready(id, q, tonumber(f[9]), now, tonumber(f[10]))
+        redis.call('HINCRBY', tk, 'n', -1)
+        if f[6] then
+          to_dead(id, q, uk, 'cancelled: ' .. f[6])
+        else
+          make_ready(id, q, tonumber(f[9]), now, tonumber(f[10]))
+        end
       end
     end
   end
