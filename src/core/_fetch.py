@@ -9,6 +9,11 @@ backend claim for itself and every slot registered so far. Slots registered in t
 scheduler batch therefore share one claim, and usually find their task already there when
 they first run, without waiting. A slot that gets nothing gives its reservation back, and
 the queue is marked idle until the backend signals new work (or the poll interval passes).
+
+After an idle spell the loop reserves slots in rounds of 1, 4, 16 and 64, each once the
+one before has claimed: the first task starts after one claim for one slot, one task
+pushed to an idle worker costs five reservations rather than every free slot, and a burst
+reaches full rounds after four claims.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ __all__ = ["Fetcher"]
 class Slot:
     """One reserved slot's place in the claim queue (made by :meth:`Fetcher.slot`)."""
 
-    __slots__ = ("done", "event", "gone", "task")
+    __slots__ = ("done", "event", "gone", "probe", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, probe: trio.Event | None) -> None:
+        self.probe = probe  # the ramp-up round it was registered in, if any
         self.task: Task[bytes] | None = None
         self.done = False  # a round has answered it (task may still be None)
         self.event: trio.Event | None = None  # made only if its owner has to wait
@@ -74,10 +80,14 @@ class Fetcher:
         self._waiting: list[Slot] = []
         self._leading = False
         self._closed = False
-        # After a wake-up, the first slot claims alone and the loop waits for that round
-        # before reserving more: the first task starts without waiting for every free
-        # slot to be reserved and spawned (a latency of ~2 ms at concurrency 100).
-        self._probe: trio.Event | None = None
+        # After a wake-up the loop reserves slots in rounds of 1, 4, 16, 64, each waiting
+        # for the round before it: the first task starts without waiting for every free
+        # slot to be reserved and spawned (a latency of ~2 ms at concurrency 100); a
+        # trickle of tasks does not reserve every free slot for each task only to answer
+        # them "nothing"; a burst reaches full rounds after four claims.
+        self._probe: trio.Event | None = None  # the current ramp-up round's end
+        self._allow = 0  # slots the loop may still register in that round
+        self._ramp = 1  # that round's size
         #: True after a claim found fewer tasks than asked for, until new work is signalled.
         self.idle = False
 
@@ -88,7 +98,7 @@ class Fetcher:
     async def wait_for_work(self) -> None:
         """Return at once unless the queue was found empty; then wait (holding nothing)
         for the backend's wake-up or the poll interval."""
-        if self._probe is not None:
+        if self._probe is not None and self._allow <= 0:
             await self._probe.wait()
         if not self.idle:
             return
@@ -98,28 +108,39 @@ class Fetcher:
         ):
             await self.backend.wait_for_work(self.queue)
         self.idle = False
-        self._probe = trio.Event()
+        self._start_probe(1)
 
-    def _end_probe(self) -> None:
-        if self._probe is not None:
-            self._probe.set()
+    def _start_probe(self, size: int) -> None:
+        self._probe = trio.Event()
+        self._allow = self._ramp = size
+
+    def _end_probe(self, slot: Slot) -> None:
+        """A slot of the ramp-up round is done with its claim: the loop may go on, with a
+        round four times larger while claims come back full, then without rounds."""
+        probe = self._probe
+        if probe is not None and slot.probe is probe:
+            probe.set()
             self._probe = None
+            if not self.idle and not self._closed and self._ramp * 4 < self.max_batch:
+                self._start_probe(self._ramp * 4)
 
     def slot(self) -> Slot:
         """Register a reserved slot; the next claim round claims a task for it too."""
-        slot = Slot()
+        slot = Slot(self._probe)
+        if self._probe is not None:
+            self._allow -= 1
         self._waiting.append(slot)
         return slot
 
     async def next(self, slot: Slot) -> Task[bytes] | None:
         """The task for this reserved slot, or ``None`` (none due, paused, or closed)."""
         if slot.done:  # the usual case when busy: a round answered it before it ran
-            self._end_probe()
+            self._end_probe(slot)
             return slot.task
         try:
             return await self._next(slot)
         finally:
-            self._end_probe()  # this slot's round is over, whatever happened
+            self._end_probe(slot)  # this slot's round is over, whatever happened
 
     async def _next(self, slot: Slot) -> Task[bytes] | None:
         while True:
