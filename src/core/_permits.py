@@ -16,15 +16,13 @@ class Permits:
     its permit straight to the longest waiter, so a newcomer cannot overtake it. A
     waiter cancelled while parked leaves the lot (trio's abort) and holds nothing.
 
-    Taking a free permit is ``permits.free -= 1`` after checking ``permits.free``: no
-    schedule point, so a loop can reserve several slots in one scheduler step.
+    :meth:`take` has no schedule point, so a loop can reserve several slots in one
+    scheduler step; only a waiter parks.
 
     Example::
 
         permits = Permits(2)
-        if permits.free:
-            permits.free -= 1
-        else:
+        if not permits.take():
             await permits.lot.park()  # woken holding the permit a release handed over
         ...
         permits.release()
@@ -36,6 +34,13 @@ class Permits:
         self.total = total
         self.free = total
         self.lot = trio.lowlevel.ParkingLot()
+
+    def take(self) -> bool:
+        """Take a free permit now; False if none is free (then park in ``lot``)."""
+        if self.free:
+            self.free -= 1
+            return True
+        return False
 
     def release(self) -> None:
         if self.lot:

@@ -34,9 +34,7 @@ class _Reservation:
         # A free slot is taken without a schedule point, so the worker can reserve
         # several slots in a row and claim for all of them in one batch.
         await trio.lowlevel.checkpoint_if_cancelled()
-        if permits.free:
-            permits.free -= 1
-        else:
+        if not permits.take():
             await permits.lot.park()  # woken holding the permit a release handed over
         cm = owner.inner.ready()
         if cm is not ALWAYS_READY:

@@ -50,9 +50,7 @@ class _Permit:
 
     async def __aenter__(self) -> None:
         slots = self.slots
-        if slots.free:  # no schedule point when a permit is free (nobody waits then)
-            slots.free -= 1
-        else:
+        if not slots.take():  # no schedule point when a permit is free (nobody waits then)
             await slots.lot.park()  # woken holding the permit a release handed over
         try:
             await self.inner.__aenter__()
@@ -80,9 +78,8 @@ class _PermitNowait(_Permit):
 
     async def __aenter__(self) -> None:
         slots = self.slots
-        if not slots.free:
+        if not slots.take():
             raise trio.WouldBlock
-        slots.free -= 1
         try:
             await self.inner.__aenter__()
         except BaseException:
