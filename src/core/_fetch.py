@@ -80,11 +80,9 @@ class Fetcher:
         self._waiting: list[Slot] = []
         self._leading = False
         self._closed = False
-        # After a wake-up the loop reserves slots in rounds of 1, 4, 16, 64, each waiting
-        # for the round before it: the first task starts without waiting for every free
-        # slot to be reserved and spawned (a latency of ~2 ms at concurrency 100); a
-        # trickle of tasks does not reserve every free slot for each task only to answer
-        # them "nothing"; a burst reaches full rounds after four claims.
+        # The ramp-up after a wake-up (module docstring); the first round of one slot
+        # also starts the first task without waiting for every free slot to be reserved
+        # and spawned (a latency of ~2 ms at concurrency 100).
         self._probe: trio.Event | None = None  # the current ramp-up round's end
         self._allow = 0  # slots the loop may still register in that round
         self._ramp = 1  # that round's size
