@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 
@@ -35,4 +36,7 @@ async def main(path: str) -> None:
 
 
 if __name__ == "__main__":
+    # As `turret worker` does at start-up (docs/operations.md, garbage collection pauses).
+    gc.collect()
+    gc.freeze()
     trio.run(main, sys.argv[1])

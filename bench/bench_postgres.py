@@ -20,6 +20,7 @@ project dependencies); when it is missing the peers are skipped with a note.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -148,6 +149,9 @@ def turret_worker(schema: str, queue: str, mode: str, concurrency: str) -> None:
                         break
         print(json.dumps(latencies), flush=True)
 
+    # As `turret worker` does at start-up (docs/operations.md, garbage collection pauses).
+    gc.collect()
+    gc.freeze()
     trio.run(main)
 
 

@@ -20,6 +20,7 @@ dependencies); when it is missing the peers are skipped with a note.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -81,6 +82,9 @@ def _worker_process(prefix: str, kind: str) -> None:
                     await trio.sleep(0.3)
                     print("ready", flush=True)
 
+    # As `turret worker` does at start-up (docs/operations.md, garbage collection pauses).
+    gc.collect()
+    gc.freeze()
     trio.run(main)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -118,6 +119,16 @@ async def _serve(
     log.info("turret worker %s: shut down cleanly", spec)
 
 
+def _freeze_startup_objects() -> None:
+    """Move what exists once the app is imported (modules, classes, the app's globals,
+    ~40k objects with PostgreSQL's driver) out of the cyclic collector's way: they live
+    as long as the process, yet every full collection walked them, a 20-40 ms pause of
+    every worker in the process. Garbage made so far is collected first, so nothing
+    unreachable is frozen (docs/operations.md, "Garbage collection pauses")."""
+    gc.collect()
+    gc.freeze()
+
+
 def _worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level,
@@ -126,6 +137,7 @@ def _worker(args: argparse.Namespace) -> int:
     )
     try:
         target = load_target(args.target, app_dir=os.path.abspath(args.app_dir))
+        _freeze_startup_objects()
         metrics = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
         trio.run(_serve, target, args.target, args.shutdown_timeout, metrics)
     except TargetError as exc:

@@ -6,6 +6,7 @@ app writes (never a fixed sleep).
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from turret.cli import main
 
 APP = textwrap.dedent(
     """
+    import gc
     import os
     from contextlib import asynccontextmanager
     from pathlib import Path
@@ -50,6 +52,7 @@ APP = textwrap.dedent(
 
     @asynccontextmanager
     async def app():
+        note(f"frozen {gc.get_freeze_count()}")
         async with SqliteBackend.open(DB, poll_interval=0.05) as backend:
             yield (
                 Monitor(name="app")
@@ -133,6 +136,8 @@ def test_sigterm_finishes_in_flight_tasks(tmp_path: Path) -> None:
     output = stderr_path.read_text()
     assert code == 0, output
     assert "SIGTERM received" in output
+    # The start-up objects (trio, turret, the app) were frozen out of the collector's way.
+    assert _lines(log, "frozen")[0] > 10_000
     started, done = _lines(log, "start"), _lines(log, "done")
     assert len(started) >= 3
     assert sorted(started) == sorted(done)  # every in-flight task finished
@@ -167,6 +172,9 @@ def test_bad_targets_exit_2_with_one_line(tmp_path: Path) -> None:
 
 def test_failed_monitor_exits_1(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "failapp_inproc.py").write_text(FAILING_APP)
-    code = main(["worker", "failapp_inproc:monitor", "--app-dir", str(tmp_path)])
+    try:
+        code = main(["worker", "failapp_inproc:monitor", "--app-dir", str(tmp_path)])
+    finally:
+        gc.unfreeze()  # the command froze this test process's objects
     assert code == 1
     assert "broken (ConnectionError: database is down" in caplog.text
