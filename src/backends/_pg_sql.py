@@ -244,7 +244,7 @@ def _ack(inputs: str, columns: str, result: str, expires: str) -> str:
         finished_at = i.now, owner = NULL, deadline = NULL, cancel_reason = NULL
     FROM i, cfg
     WHERE t.id = i.id AND t.token = i.token AND t.state = 'leased' AND t.deadline > i.now
-    RETURNING t.id
+    RETURNING t.id, t.token
 """
 
 

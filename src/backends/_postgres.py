@@ -916,28 +916,14 @@ class PostgresBackend(Producer):
                 self._acks[0].event.set()
 
     async def _flush_acks(self, batch: list[_AckRequest]) -> None:
-        params = {
-            "ids": [r.task_id for r in batch],
-            "tokens": [r.token for r in batch],
-            "nows": [r.now for r in batch],
-        }
-        if any(r.result is not None for r in batch):
-            params["results"] = [r.result for r in batch]
-            params["expires"] = [r.expires for r in batch]
-            statement = self._s(sql.ACK)
-        else:
-            statement = self._s(sql.ACK_NO_RESULTS)
-
-        async def flush(conn: TrioConnection, retried: bool) -> dict[str, LeaseLost | None]:
-            done = {row[0] for row in await conn.execute(statement, params)}
-            return {
-                r.task_id: await self._lease_error(conn, r.task_id, r.token, r.now, retried, "done")
-                for r in batch
-                if r.task_id not in done
-            }
-
         try:
-            failed = await self._run(flush)
+            failed = await self._store_acks(
+                [r.task_id for r in batch],
+                [r.token for r in batch],
+                [r.now for r in batch],
+                [r.result for r in batch],
+                [r.expires for r in batch],
+            )
         except trio.Cancelled:
             raise
         except BaseException as exc:
@@ -946,13 +932,71 @@ class PostgresBackend(Producer):
                 r.error = exc
                 r.event.set()
             return
-        self._ack_batches += 1
-        self._ack_count += len(batch)
-        self._maybe_prune()
         for r in batch:
             r.finished = True
-            r.error = failed.get(r.task_id)
+            r.error = failed.get((r.task_id, r.token))
             r.event.set()
+
+    async def ack_many(
+        self, acks: Sequence[tuple[TaskId, int, bytes | None]]
+    ) -> list[LeaseLost | None]:
+        """Ack several tasks, one statement per ``max_ack_batch`` of them; one outcome each.
+
+        Example::
+
+            outcomes = await backend.ack_many([(task.ctx.id, task.ctx.lease.token, None)])
+        """
+        now = self.now()
+        expires = None if self.result_ttl is None else now + self.result_ttl
+        outcomes: list[LeaseLost | None] = []
+        for start in range(0, len(acks), self.max_ack_batch):
+            chunk = acks[start : start + self.max_ack_batch]
+            keys = [(task_id, token) for task_id, token, _ in chunk]
+            results = [result for _, _, result in chunk]
+            failed = await self._store_acks(
+                [task_id for task_id, _ in keys],
+                [token for _, token in keys],
+                [now] * len(chunk),
+                results,
+                [None if r is None else expires for r in results],
+            )
+            outcomes += [failed.get(key) for key in keys] if failed else [None] * len(chunk)
+        return outcomes
+
+    async def _store_acks(
+        self,
+        ids: list[TaskId],
+        tokens: list[int],
+        nows: list[float],
+        results: list[bytes | None],
+        expires: list[float | None],
+    ) -> dict[tuple[str, int], LeaseLost | None]:
+        """Ack the tasks in one statement; the refused ones, by (task id, token)."""
+        params: dict[str, Any] = {"ids": ids, "tokens": tokens, "nows": nows}
+        if any(r is not None for r in results):
+            params["results"] = results
+            params["expires"] = expires
+            statement = self._s(sql.ACK)
+        else:
+            statement = self._s(sql.ACK_NO_RESULTS)
+
+        async def flush(
+            conn: TrioConnection, retried: bool
+        ) -> dict[tuple[str, int], LeaseLost | None]:
+            done = {(row[0], row[1]) for row in await conn.execute(statement, params)}
+            if len(done) == len(ids):
+                return {}
+            return {
+                (i, t): await self._lease_error(conn, i, t, now, retried, "done")
+                for i, t, now in zip(ids, tokens, nows, strict=True)
+                if (i, t) not in done
+            }
+
+        failed = await self._run(flush)
+        self._ack_batches += 1
+        self._ack_count += len(ids)
+        self._maybe_prune()
+        return failed
 
     def _maybe_prune(self) -> None:
         """At most once a minute, forget old done tasks in the background (the backend's

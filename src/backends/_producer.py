@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core._backend import Job
 from ..core._codec import Codec, JsonCodec
-from ..core._errors import PayloadTooLarge
+from ..core._errors import LeaseLost, PayloadTooLarge
 from ..core._task import TaskId
 from ..observability._propagation import traced_send
 
@@ -135,6 +135,31 @@ class Producer:
         with traced_send(list(jobs)) as traced:  # PRODUCER span + traceparent header
             encoded = [(job, self._encode(job)) for job in traced]  # validate all first
             return await self._store(encoded)
+
+    async def ack_many(
+        self, acks: Sequence[tuple[TaskId, int, bytes | None]]
+    ) -> list[LeaseLost | None]:
+        """Ack several tasks; one outcome per ack (``None``, or the ``LeaseLost`` that
+        refused it). This default acks them one after another; a backend with round trips
+        to save overrides it with one statement or script call.
+
+        Example::
+
+            outcomes = await backend.ack_many([(task_id, token, None)])
+            assert outcomes == [None]
+        """
+        outcomes: list[LeaseLost | None] = []
+        for task_id, token, result in acks:
+            try:
+                await self.ack(task_id, token, result=result)
+            except LeaseLost as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
+        raise NotImplementedError
 
     def _encode(self, job: Job) -> bytes:
         payload = self.codec.encode(job.args)

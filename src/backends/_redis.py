@@ -989,6 +989,42 @@ class RedisBackend(Producer):
         else:
             await self._settle(["A", task_id, str(token), "1", result])
 
+    async def ack_many(
+        self, acks: Sequence[tuple[TaskId, int, bytes | None]]
+    ) -> list[LeaseLost | None]:
+        """Ack several tasks, one script call per 500 of them; one outcome each.
+
+        Example::
+
+            outcomes = await backend.ack_many([(task.ctx.id, task.ctx.lease.token, None)])
+        """
+        outcomes: list[LeaseLost | None] = []
+        for start in range(0, len(acks), _SETTLE_CHUNK):
+            chunk = acks[start : start + _SETTLE_CHUNK]
+            args = self._settle_header()
+            for task_id, token, result in chunk:
+                if result is None:
+                    args += ["A", task_id, str(token), "0", ""]
+                else:
+                    args += ["A", task_id, str(token), "1", result]
+            raw = await self._script("SETTLE", args)
+            self._settle_count += len(chunk)
+            self._settle_batches += 1
+            outcomes += [LeaseLost(_s(err)) if err else None for err in raw]
+        return outcomes
+
+    def _settle_header(self) -> list[str | bytes]:
+        """The SETTLE script's leading arguments; its nonce makes a retried call (after a
+        lost reply) recognise the settles it already made."""
+        return [
+            _f(self.now()),
+            self._ttl,
+            self._keep_ms,
+            _f(self.aging),
+            os.urandom(8).hex(),
+            self._forget,
+        ]
+
     async def retry(self, task_id: TaskId, token: int, *, delay: float, error: str) -> None:
         run_at = self.now() + max(0.0, delay)
         await self._settle(["R", task_id, str(token), _f(run_at), error])
@@ -1024,15 +1060,7 @@ class RedisBackend(Producer):
                 self._settle_ready.set()
             if not ops:
                 continue
-            nonce = os.urandom(8).hex()
-            args: list[str | bytes] = [
-                _f(self.now()),
-                self._ttl,
-                self._keep_ms,
-                _f(self.aging),
-                nonce,
-                self._forget,
-            ]
+            args = self._settle_header()
             for op in ops:
                 args += op.args
             try:

@@ -687,29 +687,58 @@ class SqliteBackend(Producer):
         return row
 
     async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
+        (lost,) = await self.ack_many([(task_id, token, result)])
+        if lost is not None:
+            raise lost
+
+    async def ack_many(
+        self, acks: Sequence[tuple[TaskId, int, bytes | None]]
+    ) -> list[LeaseLost | None]:
+        """Ack several tasks in one transaction (one fsync for all); one outcome each.
+
+        Example::
+
+            outcomes = await backend.ack_many([(task.ctx.id, task.ctx.lease.token, None)])
+        """
         now = self.now()
-        expires = None if result is None or self.result_ttl is None else now + self.result_ttl
+        ttl = self.result_ttl
+        rows = [
+            (result, None if result is None or ttl is None else now + ttl, now, task_id, token, now)
+            for task_id, token, result in acks
+        ]
         # At most once a minute, an ack also forgets one batch of old done tasks.
         prune = self._forget_after is not None and now >= self._next_prune
         if prune:
             self._next_prune = now + PRUNE_EVERY
 
-        def ack(conn: sqlite3.Connection) -> int:
+        def ack(conn: sqlite3.Connection) -> tuple[list[LeaseLost | None], int]:
+            outcomes: list[LeaseLost | None] = []
             with _Tx(conn):
-                changed = conn.execute(
-                    "UPDATE turret_tasks SET state = 'done', result = ?, result_expires_at = ?, "
-                    "finished_at = ?, owner = NULL, deadline = NULL, live_key = NULL, "
-                    "cancel_reason = NULL "
-                    "WHERE id = ? AND token = ? AND state = 'leased' AND deadline > ?",
-                    (result, expires, now, task_id, token, now),
-                ).rowcount
-                if not changed:
-                    self._check_lease(conn, task_id, token, now)  # raises LeaseLost
-                    raise LeaseLost(f"task {task_id}: lease token {token} refused")
-                return self._prune_in(conn, now) if prune else 0
+                for row in rows:
+                    changed = conn.execute(
+                        "UPDATE turret_tasks SET state = 'done', result = ?, "
+                        "result_expires_at = ?, finished_at = ?, owner = NULL, deadline = NULL, "
+                        "live_key = NULL, cancel_reason = NULL "
+                        "WHERE id = ? AND token = ? AND state = 'leased' AND deadline > ?",
+                        row,
+                    ).rowcount
+                    outcomes.append(None if changed else self._refusal(conn, row[3], row[4], now))
+                return outcomes, self._prune_in(conn, now) if prune else 0
 
-        if await self._run(ack) == PRUNE_BATCH:
+        outcomes, pruned = await self._run(ack)
+        if pruned == PRUNE_BATCH:
             self._next_prune = now  # more are due: the next ack takes another batch
+        return outcomes
+
+    def _refusal(
+        self, conn: sqlite3.Connection, task_id: TaskId, token: int, now: float
+    ) -> LeaseLost:
+        """Why a settle of ``(task_id, token)`` changed no row."""
+        try:
+            self._check_lease(conn, task_id, token, now)
+        except LeaseLost as exc:
+            return exc
+        return LeaseLost(f"task {task_id}: lease token {token} refused")
 
     def _prune_in(self, conn: sqlite3.Connection, now: float) -> int:
         """Delete up to PRUNE_BATCH done tasks past their retention (in the caller's

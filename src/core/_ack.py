@@ -3,6 +3,14 @@
 It sits outermost in a worker's stack, so everything the user's layers do (timeouts,
 in-process retries, load shedding) is *one stored attempt*, and the settle itself is
 never cut short by a user's timeout.
+
+Acks, the outcome of nearly every task, go through the worker's :class:`Settler`: the
+task hands its ack over and its trio task ends; the settler stores every ack handed over
+while its previous call was in flight (or in the same scheduler batch) with one
+:meth:`Backend.ack_many <turret.Backend.ack_many>` call. Until its ack is stored a task
+stays in the worker's running table, so the heartbeat keeps renewing its lease, and a
+graceful stop waits for the settler (design.md §2: the ack is in-flight work for the
+drain). The rare outcomes (retry, dead letter, release) are stored inline by the task.
 """
 
 from __future__ import annotations
@@ -22,9 +30,12 @@ from ._errors import Abort, InvalidPayload, LeaseLost, Retry
 from ._service import Service
 from ._task import Task, TaskContext
 
-__all__ = ["Acknowledge", "Running"]
+__all__ = ["Acknowledge", "Running", "Settler"]
 
 log = logging.getLogger("turret.worker")
+
+#: Acks stored by one backend call at most (one statement, one script call).
+MAX_ACKS = 1000
 
 LOST = "lease lost"
 CANCEL_REQUESTED = "cancel requested"
@@ -61,6 +72,73 @@ def describe(error: BaseException) -> str:
     return f"{text}\n{detail}" if detail else text
 
 
+class Settler:
+    """Acks a worker's finished tasks in batches (see the module docstring).
+
+    The worker runs :meth:`run` beside its tasks and calls :meth:`close` once no task can
+    hand over an ack any more; :meth:`run` then stores what is left and returns.
+
+    Example::
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(settler.run)
+            settler.add(run, None)     # a finished task and its encoded result
+            settler.close()            # run() returns once that ack is stored
+    """
+
+    __slots__ = ("_closed", "_pending", "_wakeup", "owner", "unsettled")
+
+    def __init__(self, owner: Acknowledge) -> None:
+        self.owner = owner
+        self._pending: list[tuple[Running, bytes | None]] = []
+        self._wakeup: trio.Event | None = None
+        self._closed = False
+        #: Acks handed over and not yet stored (each holds a lease but no reservation).
+        self.unsettled = 0
+
+    def add(self, run: Running, result: bytes | None) -> None:
+        """Hand over one finished run and its encoded result, to be acked."""
+        self._pending.append((run, result))
+        self.unsettled += 1
+        self._wake()
+
+    def close(self) -> None:
+        """No more acks will come: :meth:`run` returns once the pending ones are stored."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Store acks as they come, one backend call at a time, until closed and drained.
+
+        A backend error other than a refused token propagates: the worker fails, and the
+        tasks of that call stay leased until their leases expire (at-least-once).
+        """
+        owner = self.owner
+        task_status.started()
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                self._wakeup = wakeup = trio.Event()
+                await wakeup.wait()
+                continue
+            # Woken in the scheduler batch after the first add: every task that finished
+            # in the batch before has handed its ack over too.
+            batch, self._pending = self._pending[:MAX_ACKS], self._pending[MAX_ACKS:]
+            with owner.context._backend_call():
+                outcomes = await owner.backend.ack_many(
+                    [(run.ctx.id, run.token, result) for run, result in batch]
+                )
+            self.unsettled -= len(batch)
+            owner._acked(batch, outcomes)
+
+
 class Acknowledge(Service[Task[bytes], None]):
     """Settles each task: ack / retry-at (with backoff) / dead-letter / release.
 
@@ -84,6 +162,8 @@ class Acknowledge(Service[Task[bytes], None]):
         self.backoff = backoff
         self.running = running
         self._emitter = context._emitter
+        #: Stores the acks; the worker runs it (:meth:`Settler.run`) beside its tasks.
+        self.settler = Settler(self)
 
     def ready(self) -> AbstractAsyncContextManager[None]:
         return self.inner.ready()
@@ -92,7 +172,14 @@ class Acknowledge(Service[Task[bytes], None]):
         self._emitter.emit(event)
 
     async def __call__(self, raw: Task[bytes], /) -> None:
-        await self.settle(await self.run(raw))
+        """Run one task and store its outcome before returning (no settler involved)."""
+        run = await self.run(raw)
+        if run.error is None and not run.scope.cancelled_caught:
+            result = self._encode_result(run)
+            outcomes = await self.backend.ack_many([(run.ctx.id, run.token, result)])
+            self._acked([(run, result)], outcomes)
+        else:
+            await self.settle(run)
 
     async def run(self, raw: Task[bytes]) -> Running:
         """Decode and run the stack; the outcome is settled by :meth:`settle`.
@@ -126,40 +213,51 @@ class Acknowledge(Service[Task[bytes], None]):
         return run
 
     async def settle(self, run: Running) -> None:
-        """Store the outcome of :meth:`run`: ack, retry with backoff, or dead-letter."""
+        """Store the outcome of :meth:`run`: an ack goes to the :class:`Settler` (the
+        call returns at once); a retry with backoff, a dead letter or a release is
+        stored before the call returns."""
+        if run.error is None and not run.scope.cancelled_caught:
+            self.settler.add(run, self._encode_result(run))  # it forgets the run once stored
+            return
         try:
             if run.error is not None:
                 await self._failed(run, run.error, run.start)
-            elif run.scope.cancelled_caught:
-                if run.cancel_reason == LOST:
-                    self._rejected(run.ctx, "lease lost during the run")
-                elif run.cancel_reason == SHUTDOWN:
-                    await self._release(run)
-                else:
-                    await self._dead(run, f"cancelled: {run.cancel_reason}")
+            elif run.cancel_reason == LOST:
+                self._rejected(run.ctx, "lease lost during the run")
+            elif run.cancel_reason == SHUTDOWN:
+                await self._release(run)
             else:
-                await self._ack(run, run.result, run.start)
+                await self._dead(run, f"cancelled: {run.cancel_reason}")
         finally:
             del self.running[run.token]
 
     # --- outcomes -------------------------------------------------------------------
 
-    async def _ack(self, run: Running, result: Any, start: float) -> None:
-        payload: bytes | None = None
-        if result is not None:
-            try:
-                payload = self.backend.codec.encode(result)
-            except TypeError as exc:
-                log.warning("task %s: result not stored: %s", run.ctx.id, exc)
-        try:  # inline, not through _settle: the hot path of every task
-            await self.backend.ack(run.ctx.id, run.token, result=payload)
-        except LeaseLost as exc:
-            self._rejected(run.ctx, str(exc))
-        else:
-            self.context.succeeded += 1
-            if self._emitter.active:
-                now = trio.current_time()
-                self._emit(ev.TaskSucceeded(self.context.name, now, run.ctx, now - start))
+    def _encode_result(self, run: Running) -> bytes | None:
+        if run.result is None:
+            return None
+        try:
+            return self.backend.codec.encode(run.result)
+        except TypeError as exc:
+            log.warning("task %s: result not stored: %s", run.ctx.id, exc)
+            return None
+
+    def _acked(
+        self, batch: list[tuple[Running, bytes | None]], outcomes: list[LeaseLost | None]
+    ) -> None:
+        """Report the outcomes of one :meth:`Backend.ack_many` call, and forget the runs."""
+        context = self.context
+        running = self.running
+        active = self._emitter.active
+        now = trio.current_time() if active else 0.0
+        for (run, _), lost in zip(batch, outcomes, strict=True):
+            del running[run.token]
+            if lost is not None:
+                self._rejected(run.ctx, str(lost))
+                continue
+            context.succeeded += 1
+            if active:
+                self._emit(ev.TaskSucceeded(context.name, now, run.ctx, now - run.start))
 
     async def _failed(self, run: Running, exc: BaseException, start: float) -> None:
         ctx = run.ctx

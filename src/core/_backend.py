@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from ._codec import Codec
-from ._errors import TurretError
+from ._errors import LeaseLost, TurretError
 from ._task import Task, TaskId
 
 __all__ = [
@@ -284,6 +284,16 @@ class Backend(Protocol):
 
     async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
         """The task is done; keep its encoded result if given."""
+        ...
+
+    async def ack_many(
+        self, acks: Sequence[tuple[TaskId, int, bytes | None]]
+    ) -> list[LeaseLost | None]:
+        """Ack several tasks ``(task id, token, encoded result or None)`` at once, in one
+        transaction or round trip where the store allows; one outcome per ack, in order:
+        ``None`` when stored, the :class:`~turret.LeaseLost` that refused a stale token
+        otherwise. Any other error is raised (the outcome of the whole call is unknown).
+        A worker stores every successful task through this method."""
         ...
 
     async def retry(self, task_id: TaskId, token: int, *, delay: float, error: str) -> None:

@@ -104,18 +104,23 @@ class Worker:
         try:
             async with trio.open_nursery() as services:
                 services.start_soon(self._heartbeat_loop)
-                async with trio.open_nursery() as tasks:
-                    services.start_soon(self._watch_stop, tasks)
-                    task_status.started()
-                    with self._loop_scope:
-                        while not ctx.stopping:
-                            # Wait for work holding nothing, then reserve capacity; only
-                            # a reserved slot claims a task (design.md §3).
-                            await self._fetcher.wait_for_work()
-                            reservation = self.service.ready()
-                            await reservation.__aenter__()
-                            slot = self._fetcher.slot()
-                            tasks.start_soon(self._run_one, reservation, slot)
+                settler = self.service.settler
+                # The settler outlives the tasks: it stores the acks they handed over.
+                async with trio.open_nursery() as settling:
+                    settling.start_soon(settler.run)
+                    async with trio.open_nursery() as tasks:
+                        services.start_soon(self._watch_stop, settling)
+                        task_status.started()
+                        with self._loop_scope:
+                            while not ctx.stopping:
+                                # Wait for work holding nothing, then reserve capacity;
+                                # only a reserved slot claims a task (design.md §3).
+                                await self._fetcher.wait_for_work()
+                                reservation = self.service.ready()
+                                await reservation.__aenter__()
+                                slot = self._fetcher.slot()
+                                tasks.start_soon(self._run_one, reservation, slot)
+                    settler.close()
                 services.cancel_scope.cancel()
         finally:
             ctx._set_state(WorkerState.STOPPED)
@@ -195,7 +200,7 @@ class Worker:
         if run is not None:
             await self.service.settle(run)
 
-    async def _watch_stop(self, tasks: trio.Nursery) -> None:
+    async def _watch_stop(self, settling: trio.Nursery) -> None:
         await self.context.wait_stop_requested()
         self._fetcher.close()
         self._loop_scope.cancel()
@@ -205,7 +210,7 @@ class Worker:
             # A backend that does not answer must not hold the stop for ever: the
             # releases and settles get as long again, then everything is cancelled.
             await trio.sleep(self.grace_period)
-            tasks.cancel_scope.cancel()
+            settling.cancel_scope.cancel()
 
     def _cancel_work(self, why: str) -> None:
         """Cancel the work, never the bookkeeping: each running handler's own scope is

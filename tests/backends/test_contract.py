@@ -235,6 +235,39 @@ async def test_fencing_refuses_stale_settles(
         await backend.ack(task_id, second.ctx.lease.token)
 
 
+async def test_ack_many_stores_each_ack_and_refuses_each_stale_one(
+    kit: Kit, mock_clock: trio.testing.MockClock
+) -> None:
+    async with kit.open(clock=trio.current_time, result_ttl=100.0) as backend:
+        ids = [await backend.push(i) for i in range(3)]
+        first = await claim_one(backend, owner="slow")  # ids[0]
+        mock_clock.jump(TTL + 1)
+        tasks = {t.id: t for t in await claim(backend, limit=3, owner="fast")}  # all three
+        again = tasks[ids[0]]  # reclaimed from "slow" and claimed again
+        assert again.ctx.lease.token != first.ctx.lease.token
+        result = backend.codec.encode("ok")
+        outcomes = await backend.ack_many(
+            [
+                (ids[0], first.ctx.lease.token, None),  # stale: the newer claim wins
+                (ids[1], tasks[ids[1]].ctx.lease.token, result),
+                (ids[0], again.ctx.lease.token, None),  # the same task, its current token
+                (ids[2], tasks[ids[2]].ctx.lease.token + 1000, None),  # a token never given
+            ]
+        )
+        assert [type(o) for o in outcomes] == [LeaseLost, type(None), type(None), LeaseLost]
+        assert "stale" in str(outcomes[0])
+        for task_id in ids[:2]:
+            assert (await info(backend, task_id)).state is TaskState.DONE
+        got = await info(backend, ids[1])
+        assert got.result is not None
+        assert backend.codec.decode(got.result) == "ok"
+        assert got.result_expires_at == backend.now() + 100
+        assert (await info(backend, ids[2])).state is TaskState.LEASED  # refused, untouched
+        assert await backend.ack_many([]) == []
+        (again_lost,) = await backend.ack_many([(ids[1], tasks[ids[1]].ctx.lease.token, None)])
+        assert isinstance(again_lost, LeaseLost)  # settled: even the right token is refused
+
+
 async def test_token_grows_on_every_claim_and_is_unique(backend: Backend) -> None:
     task_id = await backend.push("x")
     await backend.push_many([Job(i, queue="other") for i in range(3)])

@@ -33,6 +33,7 @@ import turret
 import turret.layers
 from turret import Job, Task, TaskContext, TaskId, TaskState, WorkerBuilder, WorkerContext
 from turret.backends import MemoryBackend
+from turret.core._ack import Settler
 from turret.core._fetch import Fetcher, Slot
 from turret.core._permits import Permits
 from turret.core._readiness import Readiness
@@ -58,8 +59,8 @@ class SlowClaimBackend(MemoryBackend):
     (a database query that completes although the caller was cancelled): the tasks it
     leases come back to a Fetcher whose slots may be gone. With ``read_first`` a claim
     leases at once and answers after its delay (a query whose snapshot predates a push
-    that lands while its answer is on the way). ``ack_delay`` slows acks down (settles in
-    flight). Leases are tracked by fencing token.
+    that lands while its answer is on the way). ``ack_delay`` slows each ``ack_many``
+    call down (one round trip for the whole batch). Leases are tracked by fencing token.
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class SlowClaimBackend(MemoryBackend):
         self.shield_claim = shield_claim
         self.gate: trio.Event | None = None
         self.permits: Permits | None = None  # the watched worker's slots
+        self.settler: Settler | None = None  # the watched worker's acks in flight
         self.concurrency = 0
         self.calls = 0
         self.claiming = 0
@@ -94,12 +96,17 @@ class SlowClaimBackend(MemoryBackend):
             svc = svc.inner
         self.permits = svc.permits
         self.concurrency = svc.permits.total
+        self.settler = worker.service.settler
 
     def plain(self) -> None:
         """Fast and unchecked from now on (for the worker that drains what is left)."""
         self.claim_delays, self.ack_delay = (0.0,), 0.0
         self.shield_claim, self.read_first = False, False
-        self.gate, self.permits = None, None
+        self.gate, self.permits, self.settler = None, None, None
+
+    def in_flight(self) -> int:
+        """Leases held by no reservation: settles under way, acks handed to the settler."""
+        return self.settling + (0 if self.settler is None else self.settler.unsettled)
 
     def leased(self) -> int:
         stats = self.statistics().queues.get("default")
@@ -116,7 +123,7 @@ class SlowClaimBackend(MemoryBackend):
         free = limit
         if self.permits is not None:
             # Every reservation holds at most one lease; settling tasks hold none.
-            free = self.permits.in_use - (len(self.held) - self.settling)
+            free = self.permits.in_use - (len(self.held) - self.in_flight())
             if limit > free:
                 self.violations.append(
                     f"t={start}: claim(limit={limit}) with only {free} reserved slot(s) free"
@@ -136,10 +143,10 @@ class SlowClaimBackend(MemoryBackend):
             self.held.add(t.ctx.lease.token)
             self.claimed_at[t.ctx.lease.token] = now
         self.max_held = max(self.max_held, len(self.held))
-        if self.permits is not None and len(self.held) > self.concurrency + self.settling:
+        if self.permits is not None and len(self.held) > self.concurrency + self.in_flight():
             self.violations.append(
                 f"t={now}: {len(self.held)} leases held, concurrency {self.concurrency}, "
-                f"{self.settling} settle(s) in flight"
+                f"{self.in_flight()} settle(s) in flight"
             )
         self.claims.append(Claim(start, now, limit, free, len(tasks)))
         return tasks
@@ -157,14 +164,14 @@ class SlowClaimBackend(MemoryBackend):
             await self.gate.wait()
         return await super().claim(queue, owner=owner, limit=limit, lease_ttl=lease_ttl)
 
-    async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
-        self.settling += 1
-        try:
-            await trio.sleep(self.ack_delay)
-            await super().ack(task_id, token, result=result)
-        finally:
-            self.settling -= 1
-        self.held.discard(token)
+    async def ack_many(
+        self, acks: Sequence[tuple[TaskId, int, bytes | None]]
+    ) -> list[turret.LeaseLost | None]:
+        await trio.sleep(self.ack_delay)
+        outcomes = await super().ack_many(acks)
+        for _, token, _ in acks:
+            self.held.discard(token)
+        return outcomes
 
     async def release(self, task_id: TaskId, token: int) -> None:
         self.settling += 1
@@ -258,8 +265,9 @@ class Schedule:
 
     @property
     def stop_bound(self) -> float:
-        """After stop() (or pause): a round in flight, then its tasks, then their settle."""
-        return self.d_max + max(self.durations, default=0.0) + self.ack_delay + EPS
+        """After stop() (or pause): a round in flight, then its tasks, then their acks: an
+        ack handed over while the settler's call is in flight waits for it (two calls)."""
+        return self.d_max + max(self.durations, default=0.0) + 2 * self.ack_delay + EPS
 
     @property
     def slot_bound(self) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -598,8 +598,80 @@ async def test_the_reservation_is_given_back_before_the_settle(
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         await trio.sleep(3.5)
-        worker.context.stop()  # graceful: waits for the three acks still in flight
+        worker.context.stop()  # graceful: waits for the acks still to be stored
     assert started == pytest.approx([0, 1, 2], abs=0.01)
     assert most_in_flight == 1, "the concurrency limit still holds for the handlers"
     assert backend.statistics().queues["default"].done == 3
-    assert trio.current_time() == pytest.approx(8, abs=0.01)  # the last ack: 3 + 5
+    # Task 0's ack is stored from 1 to 6; tasks 1 and 2's, handed over meanwhile, go
+    # together in the next call, from 6 to 11.
+    assert trio.current_time() == pytest.approx(11, abs=0.01)
+
+
+class CountingAcks(MemoryBackend):
+    """Records the size of every ``ack_many`` call; each takes ``delay`` seconds."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        super().__init__()
+        self.delay = delay
+        self.fail = fail
+        self.calls: list[int] = []
+
+    async def ack_many(
+        self, acks: Sequence[tuple[turret.TaskId, int, bytes | None]]
+    ) -> list[turret.LeaseLost | None]:
+        self.calls.append(len(acks))
+        await trio.sleep(self.delay)
+        if self.fail:
+            raise ConnectionError("the store went away")
+        return await super().ack_many(acks)
+
+
+async def test_acks_handed_over_together_are_stored_in_one_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Ten tasks ending together: one ack_many call. Tasks ending while it is in flight
+    go together in the next call, and the worker returns only once all are stored."""
+    backend = CountingAcks(delay=1.0)
+    for i in range(14):
+        await backend.push(i)
+
+    async def handler(n: int) -> None:
+        await trio.sleep(1.0 if n < 10 else 1.5)  # 10-13 start at 1, end at 2.5
+
+    worker = WorkerBuilder("w").backend(backend).concurrency(10).build(handler)
+    await worker.run_until(after(0.1))  # stop at once: drain what was claimed
+    # 0-9 end at 1 (one call, 1 -> 2). Nothing else was claimed before the stop.
+    assert backend.calls == [10]
+    assert backend.statistics().queues["default"].done == 10
+    assert trio.current_time() == pytest.approx(2.0, abs=0.01)
+
+    worker = WorkerBuilder("w").backend(backend).concurrency(10).build(handler)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        await trio.sleep(0.5)
+        worker.context.stop()
+    # 10-13 end at 3.5 (from 2.0 + 1.5): one call of four, stored at 4.5.
+    assert backend.calls == [10, 4]
+    assert backend.statistics().queues["default"].done == 14
+    assert trio.current_time() == pytest.approx(4.5, abs=0.01)
+
+
+async def test_a_failed_ack_call_fails_the_worker_and_loses_no_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = CountingAcks(fail=True)
+    task_id = await backend.push(1)
+
+    async def handler(n: int) -> None:
+        pass
+
+    worker = WorkerBuilder("w").backend(backend).lease_ttl(10).build(handler)
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await worker.run_until(after(5))
+    assert caught.value.subgroup(ConnectionError) is not None
+    assert worker.context.statistics().succeeded == 0
+    # The ack's outcome is unknown, so the task stays leased until its lease expires.
+    assert backend.get(task_id).state is TaskState.LEASED
+    autojump_clock.jump(10)
+    (again,) = await backend.claim("default", owner="other", limit=1, lease_ttl=10)
+    assert again.id == task_id and again.ctx.attempt == 2
