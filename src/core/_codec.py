@@ -39,6 +39,12 @@ def _default_converter() -> cattrs.Converter:
     return make_converter()
 
 
+# Made once: ``json.dumps`` with options builds an encoder per call, and ``json.loads`` of
+# bytes sniffs their encoding first (turret always writes UTF-8).
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_decode_json = json.JSONDecoder().decode
+
+
 @attrs.frozen
 class JsonCodec:
     """JSON through a cattrs converter: attrs classes, dataclasses, datetimes, enums.
@@ -59,7 +65,7 @@ class JsonCodec:
     def encode(self, value: object) -> bytes:
         try:
             plain = self.converter.unstructure(value)
-            return json.dumps(plain, separators=(",", ":"), ensure_ascii=False).encode()
+            return _encode_json(plain).encode()
         except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"cannot encode {type(value).__name__} as JSON: {exc}; pass JSON values, "
@@ -68,8 +74,8 @@ class JsonCodec:
 
     def decode(self, data: bytes) -> Any:
         try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            return _decode_json(data.decode())
+        except ValueError as exc:  # UnicodeDecodeError is one too
             raise InvalidPayload(f"payload is not valid JSON: {exc}") from exc
 
     def structure(self, value: Any, tp: type[T]) -> T:
