@@ -36,6 +36,9 @@ log = logging.getLogger("turret.worker")
 
 #: Acks stored by one backend call at most (one statement, one script call).
 MAX_ACKS = 1000
+#: How long the settler's last call may take when the worker is cancelled (a forced
+#: stop): the acks handed over and not yet sent are stored, unless the backend hangs.
+LAST_CALL = 2.0
 
 LOST = "lease lost"
 CANCEL_REQUESTED = "cancel requested"
@@ -48,7 +51,7 @@ class Running:
     """A task between claim and settle: what the heartbeat renews and may cancel, and,
     once the stack has returned, the outcome :meth:`Acknowledge.settle` stores."""
 
-    __slots__ = ("cancel_reason", "ctx", "error", "result", "scope", "start", "token")
+    __slots__ = ("cancel_reason", "ctx", "error", "finished", "result", "scope", "start", "token")
 
     def __init__(self, ctx: TaskContext, token: int) -> None:
         self.ctx = ctx
@@ -58,6 +61,7 @@ class Running:
         self.start = 0.0
         self.result: Any = None
         self.error: Exception | None = None
+        self.finished = False  # the stack has returned: only the settle is left
 
     def cancel(self, reason: str) -> None:
         if self.cancel_reason is None:
@@ -121,22 +125,54 @@ class Settler:
         """
         owner = self.owner
         task_status.started()
-        while True:
-            if not self._pending:
-                if self._closed:
-                    return
-                self._wakeup = wakeup = trio.Event()
-                await wakeup.wait()
-                continue
-            # Woken in the scheduler batch after the first add: every task that finished
-            # in the batch before has handed its ack over too.
-            batch, self._pending = self._pending[:MAX_ACKS], self._pending[MAX_ACKS:]
-            with owner.context._backend_call():
+        try:
+            while True:
+                if not self._pending:
+                    if self._closed:
+                        return
+                    self._wakeup = wakeup = trio.Event()
+                    await wakeup.wait()
+                    continue
+                # Woken in the scheduler batch after the first add: every task that
+                # finished in the batch before has handed its ack over too.
+                batch, self._pending = self._pending[:MAX_ACKS], self._pending[MAX_ACKS:]
+                with owner.context._backend_call():
+                    outcomes = await owner.backend.ack_many(
+                        [(run.ctx.id, run.token, result) for run, result in batch]
+                    )
+                self.unsettled -= len(batch)
+                owner._acked(batch, outcomes)
+        except trio.Cancelled:
+            await self._last_call()
+            raise
+
+    async def _last_call(self) -> None:
+        """Cancelled (a forced stop): store the acks not sent yet in one call, shielded
+        and bounded by :data:`LAST_CALL`; a call already under way is not waited for."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        owner = self.owner
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + LAST_CALL) as scope:
+            try:
                 outcomes = await owner.backend.ack_many(
                     [(run.ctx.id, run.token, result) for run, result in batch]
                 )
-            self.unsettled -= len(batch)
-            owner._acked(batch, outcomes)
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            else:
+                self.unsettled -= len(batch)
+                owner._acked(batch, outcomes)
+                return
+        if scope.cancelled_caught:
+            why = f"the backend did not answer within {LAST_CALL:g}s"
+        log.warning(
+            "worker %s: %d ack(s) not stored while cancelled (%s); those tasks run again "
+            "once their leases expire",
+            owner.context.name,
+            len(batch),
+            why,
+        )
 
 
 class Acknowledge(Service[Task[bytes], None]):
@@ -172,14 +208,22 @@ class Acknowledge(Service[Task[bytes], None]):
         self._emitter.emit(event)
 
     async def __call__(self, raw: Task[bytes], /) -> None:
-        """Run one task and store its outcome before returning (no settler involved)."""
-        run = await self.run(raw)
-        if run.error is None and not run.scope.cancelled_caught:
-            result = self._encode_result(run)
-            outcomes = await self.backend.ack_many([(run.ctx.id, run.token, result)])
-            self._acked([(run, result)], outcomes)
-        else:
+        """Run one task and store its outcome before returning."""
+        await self.settle_now(await self.run(raw))
+
+    async def settle_now(self, run: Running) -> None:
+        """Store the outcome of :meth:`run` before returning, an ack too (not through the
+        :class:`Settler`): for a task whose worker may be going away."""
+        if run.error is not None or run.scope.cancelled_caught:
             await self.settle(run)
+            return
+        result = self._encode_result(run)
+        try:
+            outcomes = await self.backend.ack_many([(run.ctx.id, run.token, result)])
+        except BaseException:
+            del self.running[run.token]
+            raise
+        self._acked([(run, result)], outcomes)
 
     async def run(self, raw: Task[bytes]) -> Running:
         """Decode and run the stack; the outcome is settled by :meth:`settle`.
@@ -210,6 +254,7 @@ class Acknowledge(Service[Task[bytes], None]):
             finally:
                 del self.running[run.token]
             raise
+        run.finished = True
         return run
 
     async def settle(self, run: Running) -> None:

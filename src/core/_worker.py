@@ -193,9 +193,9 @@ class Worker:
             try:
                 await reservation.__aexit__(type(exc) if exc else None, exc, None)
             except BaseException:
-                if run is not None:  # the work is done: store its outcome all the same
-                    with trio.CancelScope(shield=True):
-                        await self.service.settle(run)
+                if run is not None:  # the work is done: store its outcome all the same,
+                    with trio.CancelScope(shield=True):  # not through a settler going away
+                        await self.service.settle_now(run)
                 raise
         if run is not None:
             await self.service.settle(run)
@@ -215,9 +215,10 @@ class Worker:
     def _cancel_work(self, why: str) -> None:
         """Cancel the work, never the bookkeeping: each running handler's own scope is
         cancelled and its task released (no attempt used); settles under way finish."""
-        if self._running:
-            log.warning("worker %s: %s; releasing %d task(s)", self.name, why, len(self._running))
-        for run in list(self._running.values()):
+        runs = [run for run in self._running.values() if not run.finished]
+        if runs:
+            log.warning("worker %s: %s; releasing %d task(s)", self.name, why, len(runs))
+        for run in runs:
             run.cancel(SHUTDOWN)
 
     async def _heartbeat_loop(self) -> None:

@@ -675,3 +675,67 @@ async def test_a_failed_ack_call_fails_the_worker_and_loses_no_task(
     autojump_clock.jump(10)
     (again,) = await backend.claim("default", owner="other", limit=1, lease_ttl=10)
     assert again.id == task_id and again.ctx.attempt == 2
+
+
+async def test_a_forced_stop_stores_the_acks_handed_over_and_not_yet_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Cancelled from outside while one ack call is under way: that call is cut short
+    (its task stays leased), but the acks waiting behind it go in one last call."""
+    backend = CountingAcks(delay=0.3)
+    a, b = await backend.push(0), await backend.push(1)
+
+    async def handler(n: int) -> None:
+        await trio.sleep(0.1 + 0.1 * n)  # a ends at 0.1 (its ack call: 0.1 -> 0.4), b at 0.2
+
+    worker = WorkerBuilder("w").backend(backend).concurrency(2).build(handler)
+    with trio.move_on_after(0.3):  # a forced stop: a's call is in flight, b's ack waits
+        await worker.run()
+    assert backend.calls == [1, 1]
+    assert backend.get(a).state is TaskState.LEASED  # cut short: it runs again later
+    assert backend.get(b).state is TaskState.DONE
+    assert worker.context.statistics().succeeded == 1
+
+
+class _ExitFails:
+    """A reservation whose exit raises after the inner one was given back."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __aenter__(self) -> None:
+        await self.inner.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.inner.__aexit__(*exc_info)
+        raise RuntimeError("the reservation could not be given back")
+
+
+async def test_a_run_whose_reservation_exit_fails_is_still_acked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The worker fails; the settler goes with it, so the ack is stored inline."""
+    backend = CountingAcks(delay=0.5)
+    task_id = await backend.push(1)
+
+    @turret.layer_fn
+    def exit_fails(inner: turret.Service[Any, Any]) -> turret.Service[Any, Any]:
+        class Wrapped(turret.Service[Any, Any]):
+            async def __call__(self, task: Any, /) -> Any:
+                return await inner(task)
+
+            def ready(self) -> Any:
+                return _ExitFails(inner.ready())
+
+        return Wrapped()
+
+    async def handler(n: int) -> None:
+        pass
+
+    worker = WorkerBuilder("w").backend(backend).layer(exit_fails).build(handler)
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await worker.run_until(after(1))
+    assert caught.value.subgroup(RuntimeError) is not None
+    assert backend.calls == [1]
+    assert backend.get(task_id).state is TaskState.DONE  # the work was done: stored anyway
+    assert worker.context.statistics().succeeded == 1
