@@ -449,7 +449,13 @@ local nows, ttl, keep, aging, nonce = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5
 local forget = ARGV[7]
 local now = tonumber(nows)
 local out = {}
-local trimmed = {}
+-- per queue, written once at the end: leases to drop, done tasks to count (id, score)
+local unleased, done = {}, {}
+local function add(t, q, ...)
+  local list = t[q]
+  if not list then list = {}; t[q] = list end
+  for _, v in ipairs({...}) do list[#list + 1] = v end
+end
 for i = 8, #ARGV, 5 do
   local kind, id, tok = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local tk = tkey(id)
@@ -466,7 +472,7 @@ for i = 8, #ARGV, 5 do
     err = 'task ' .. id .. ': lease expired at ' .. string.format('%.3f', tonumber(f[3]))
   else
     local q, uk = f[4], f[7] or nil
-    redis.call('ZREM', qkey(q, 'leases'), id)
+    add(unleased, q, id)
     local stamp = nonce .. ':' .. tok
     if kind == 'A' then
       -- what finish() does, with the result, in one HSET and one HDEL: the hot path
@@ -488,11 +494,7 @@ for i = 8, #ARGV, 5 do
         if ARGV[i + 3] == '1' and ttl ~= '' then at = math.max(at, now + tonumber(ttl)) end
         forgotten = fmt(at)
       end
-      redis.call('ZADD', qkey(q, 'done'), forgotten, id)
-      if not trimmed[q] then  -- once per queue and call: drop the forgotten ones
-        trimmed[q] = true
-        redis.call('ZREMRANGEBYSCORE', qkey(q, 'done'), '-inf', nows)
-      end
+      add(done, q, forgotten, id)
       if keep ~= '' then redis.call('PEXPIRE', tk, keep) end
     else
       redis.call('HSET', tk, 'st', stamp)
@@ -518,6 +520,18 @@ for i = 8, #ARGV, 5 do
     end
   end
   out[#out + 1] = err
+end
+for q, ids in pairs(unleased) do
+  for j = 1, #ids, 4000 do
+    redis.call('ZREM', qkey(q, 'leases'), unpack(ids, j, math.min(j + 3999, #ids)))
+  end
+end
+for q, pairs_ in pairs(done) do
+  local dk = qkey(q, 'done')
+  for j = 1, #pairs_, 4000 do
+    redis.call('ZADD', dk, unpack(pairs_, j, math.min(j + 3999, #pairs_)))
+  end
+  redis.call('ZREMRANGEBYSCORE', dk, '-inf', nows)  -- drop the forgotten ones
 end
 publish()
 return out
