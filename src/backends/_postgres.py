@@ -16,9 +16,10 @@ Design, in brief:
   write made only when there were some), then leases up to ``limit`` due tasks with
   ``FOR UPDATE SKIP LOCKED`` in the contract's order (``order_key = eligible_at -
   priority * aging``, then the time-sortable id), each with a token from one sequence.
-* **Acks are coalesced**: concurrent ``ack`` calls in one process become one
-  ``UPDATE ... FROM unnest(...)`` per round trip (up to two batches in flight); each
-  caller still gets its own outcome (``LeaseLost`` for a stale token). **Renewals** of
+* **Acks in bulk**: ``ack_many`` (a worker's settler) is one ``UPDATE ... FROM
+  unnest(...) RETURNING id, token`` per ``max_ack_batch`` acks, each with its own
+  outcome (``LeaseLost`` for a stale token); concurrent ``ack`` calls in one process are
+  coalesced into the same statement (up to two batches in flight). **Renewals** of
   all a worker's leases are one statement. Acks and renewals commit without waiting
   for the WAL flush (losing one in a server crash only re-runs a task or ends a lease
   early, which at-least-once allows); claims, pushes and other settles are durable.

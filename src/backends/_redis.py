@@ -2,7 +2,8 @@
 
 Every state change is one Lua script (see ``_redis_lua.py`` for the data layout), so a
 crash between steps cannot lose or duplicate a task. Idle workers wake on a pub/sub
-channel; settles from one process are coalesced into one script call per round trip.
+channel; a worker's acks are one script call per ``ack_many``, and other settles from
+one process are coalesced into one script call per round trip.
 """
 
 from __future__ import annotations
