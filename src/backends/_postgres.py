@@ -952,16 +952,17 @@ class PostgresBackend(Producer):
         outcomes: list[LeaseLost | None] = []
         for start in range(0, len(acks), self.max_ack_batch):
             chunk = acks[start : start + self.max_ack_batch]
-            keys = [(task_id, token) for task_id, token, _ in chunk]
+            ids = [task_id for task_id, _, _ in chunk]
+            tokens = [token for _, token, _ in chunk]
             results = [result for _, _, result in chunk]
             failed = await self._store_acks(
-                [task_id for task_id, _ in keys],
-                [token for _, token in keys],
+                ids,
+                tokens,
                 [now] * len(chunk),
                 results,
                 [None if r is None else expires for r in results],
             )
-            outcomes += [failed.get(key) for key in keys] if failed else [None] * len(chunk)
+            outcomes += [failed.get(key) for key in zip(ids, tokens, strict=True)]
         return outcomes
 
     async def _store_acks(

@@ -985,10 +985,7 @@ class RedisBackend(Producer):
         return [verdicts[int(v)] for v in raw]
 
     async def ack(self, task_id: TaskId, token: int, *, result: bytes | None = None) -> None:
-        if result is None:
-            await self._settle(["A", task_id, str(token), "0", ""])
-        else:
-            await self._settle(["A", task_id, str(token), "1", result])
+        await self._settle(_ack_args(task_id, token, result))
 
     async def ack_many(
         self, acks: Sequence[tuple[TaskId, int, bytes | None]]
@@ -1004,10 +1001,7 @@ class RedisBackend(Producer):
             chunk = acks[start : start + _SETTLE_CHUNK]
             args = self._settle_header()
             for task_id, token, result in chunk:
-                if result is None:
-                    args += ["A", task_id, str(token), "0", ""]
-                else:
-                    args += ["A", task_id, str(token), "1", result]
+                args += _ack_args(task_id, token, result)
             raw = await self._script("SETTLE", args)
             self._settle_count += len(chunk)
             self._settle_batches += 1
@@ -1264,6 +1258,13 @@ class RedisBackend(Producer):
             return count
 
         return await self._call(run)
+
+
+def _ack_args(task_id: TaskId, token: int, result: bytes | None) -> list[str | bytes]:
+    """One ack's five arguments to the SETTLE script."""
+    if result is None:
+        return ["A", task_id, str(token), "0", ""]
+    return ["A", task_id, str(token), "1", result]
 
 
 def _glob_escape(text: str) -> str:

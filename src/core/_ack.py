@@ -63,6 +63,11 @@ class Running:
         self.error: Exception | None = None
         self.finished = False  # the stack has returned: only the settle is left
 
+    @property
+    def succeeded(self) -> bool:
+        """The stack returned a result (neither raised nor was cancelled): an ack."""
+        return self.error is None and not self.scope.cancelled_caught
+
     def cancel(self, reason: str) -> None:
         if self.cancel_reason is None:
             self.cancel_reason = reason
@@ -137,11 +142,8 @@ class Settler:
                 # finished in the batch before has handed its ack over too.
                 batch, self._pending = self._pending[:MAX_ACKS], self._pending[MAX_ACKS:]
                 with owner.context._backend_call():
-                    outcomes = await owner.backend.ack_many(
-                        [(run.ctx.id, run.token, result) for run, result in batch]
-                    )
+                    await owner._store_acks(batch)
                 self.unsettled -= len(batch)
-                owner._acked(batch, outcomes)
         except trio.Cancelled:
             await self._last_call()
             raise
@@ -155,14 +157,11 @@ class Settler:
         owner = self.owner
         with trio.CancelScope(shield=True, deadline=trio.current_time() + LAST_CALL) as scope:
             try:
-                outcomes = await owner.backend.ack_many(
-                    [(run.ctx.id, run.token, result) for run, result in batch]
-                )
+                await owner._store_acks(batch)
             except Exception as exc:
                 why = f"{type(exc).__name__}: {exc}"
             else:
                 self.unsettled -= len(batch)
-                owner._acked(batch, outcomes)
                 return
         if scope.cancelled_caught:
             why = f"the backend did not answer within {LAST_CALL:g}s"
@@ -214,16 +213,14 @@ class Acknowledge(Service[Task[bytes], None]):
     async def settle_now(self, run: Running) -> None:
         """Store the outcome of :meth:`run` before returning, an ack too (not through the
         :class:`Settler`): for a task whose worker may be going away."""
-        if run.error is not None or run.scope.cancelled_caught:
+        if not run.succeeded:
             await self.settle(run)
             return
-        result = self._encode_result(run)
         try:
-            outcomes = await self.backend.ack_many([(run.ctx.id, run.token, result)])
+            await self._store_acks([(run, self._encode_result(run))])
         except BaseException:
             del self.running[run.token]
             raise
-        self._acked([(run, result)], outcomes)
 
     async def run(self, raw: Task[bytes]) -> Running:
         """Decode and run the stack; the outcome is settled by :meth:`settle`.
@@ -261,7 +258,7 @@ class Acknowledge(Service[Task[bytes], None]):
         """Store the outcome of :meth:`run`: an ack goes to the :class:`Settler` (the
         call returns at once); a retry with backoff, a dead letter or a release is
         stored before the call returns."""
-        if run.error is None and not run.scope.cancelled_caught:
+        if run.succeeded:
             self.settler.add(run, self._encode_result(run))  # it forgets the run once stored
             return
         try:
@@ -287,10 +284,12 @@ class Acknowledge(Service[Task[bytes], None]):
             log.warning("task %s: result not stored: %s", run.ctx.id, exc)
             return None
 
-    def _acked(
-        self, batch: list[tuple[Running, bytes | None]], outcomes: list[LeaseLost | None]
-    ) -> None:
-        """Report the outcomes of one :meth:`Backend.ack_many` call, and forget the runs."""
+    async def _store_acks(self, batch: list[tuple[Running, bytes | None]]) -> None:
+        """Ack ``batch`` (runs and their encoded results) with one :meth:`Backend.ack_many`
+        call, report each outcome, and forget the runs."""
+        outcomes = await self.backend.ack_many(
+            [(run.ctx.id, run.token, result) for run, result in batch]
+        )
         context = self.context
         running = self.running
         active = self._emitter.active
