@@ -27,6 +27,7 @@ from ._backend import Backend
 from ._backoff import Backoff
 from ._context import WorkerContext
 from ._errors import Abort, InvalidPayload, LeaseLost, Retry
+from ._nowait import nowait_reservation
 from ._service import Service
 from ._task import Task, TaskContext
 
@@ -202,6 +203,9 @@ class Acknowledge(Service[Task[bytes], None]):
 
     def ready(self) -> AbstractAsyncContextManager[None]:
         return self.inner.ready()
+
+    def ready_nowait(self) -> AbstractAsyncContextManager[None]:
+        return nowait_reservation(self.inner)
 
     def _emit(self, event: ev.Event) -> None:
         self._emitter.emit(event)

@@ -3,8 +3,9 @@
 The worker's loop calls :meth:`Fetcher.wait_for_work` *before* it reserves a slot, so an
 idle worker holds no reservation: a limit shared with other workers (a global
 concurrency limit, a rate limit) is never hoarded by a worker that has nothing to do.
-Then it registers the reserved slot (:meth:`Fetcher.slot`) and spawns the task that
-owns it, which calls :meth:`Fetcher.next`. The first slot to ask leads a round: one
+Then it registers the reserved slot (:meth:`Fetcher.slot`) and spawns the runner that
+owns it, which calls :meth:`Fetcher.next` (and, while :attr:`Fetcher.steady`, registers
+its next slot itself). The first slot to ask leads a round: one
 backend claim for itself and every slot registered so far. Slots registered in the same
 scheduler batch therefore share one claim, and usually find their task already there when
 they first run, without waiting. A slot that gets nothing gives its reservation back, and
@@ -88,6 +89,12 @@ class Fetcher:
         self._ramp = 1  # that round's size
         #: True after a claim found fewer tasks than asked for, until new work is signalled.
         self.idle = False
+
+    @property
+    def steady(self) -> bool:
+        """Claims come back full and no ramp-up round is open: a runner that has finished
+        its task may reserve the next slot itself (see :mod:`turret.core._worker`)."""
+        return self._probe is None and not self.idle and not self._closed
 
     def close(self) -> None:
         """Stop claiming: every later or waiting ``next()`` gets ``None``."""

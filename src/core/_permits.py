@@ -10,8 +10,8 @@ __all__ = ["Permits"]
 class Permits:
     """``total`` permits handed out first come, first served, bound to no task.
 
-    A reservation is entered in the worker's loop task and exited in the task that runs
-    the call, so the permit cannot belong to a task (as a ``trio.CapacityLimiter``'s
+    A reservation may be entered in the worker's loop task and exited in the runner that
+    runs the call, so the permit cannot belong to a task (as a ``trio.CapacityLimiter``'s
     token does). ``free`` is never above zero while a reservation waits: a release hands
     its permit straight to the longest waiter, so a newcomer cannot overtake it. A
     waiter cancelled while parked leaves the lot (trio's abort) and holds nothing.

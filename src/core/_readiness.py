@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from ._context import WorkerContext
+from ._nowait import nowait_reservation
 from ._permits import Permits
 from ._service import ALWAYS_READY, Service
 from ._task import Task
@@ -58,6 +59,28 @@ class _Reservation:
             self.owner.permits.release()
 
 
+class _ReservationNowait(_Reservation):
+    """``ready_nowait``: a free slot now (never while paused or stopping), then the inner
+    stack's reservation likewise; else ``trio.WouldBlock``."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        owner = self.owner
+        context = owner.context
+        permits = owner.permits
+        if context._paused or context.stopping or not permits.take():
+            raise trio.WouldBlock
+        cm = nowait_reservation(owner.inner)
+        if cm is not ALWAYS_READY:
+            try:
+                await cm.__aenter__()
+            except BaseException:
+                permits.release()
+                raise
+            self.inner_cm = cm
+
+
 class Readiness(Service[Task[Any], Any]):
     """Not ready while the worker is paused or stopping; holds one of ``concurrency`` slots.
 
@@ -77,6 +100,10 @@ class Readiness(Service[Task[Any], Any]):
     def ready(self) -> AbstractAsyncContextManager[None]:
         return _Reservation(self)
 
+    def ready_nowait(self) -> AbstractAsyncContextManager[None]:
+        """Like ``ready()``, but ``__aenter__`` raises ``trio.WouldBlock`` instead of waiting."""
+        return _ReservationNowait(self)
+
     async def __call__(self, task: Task[Any], /) -> Any:
         return await self.inner(task)
 
@@ -92,6 +119,9 @@ class Tracker(Service[Task[Any], Any]):
 
     def ready(self) -> AbstractAsyncContextManager[None]:
         return self.inner.ready()
+
+    def ready_nowait(self) -> AbstractAsyncContextManager[None]:
+        return nowait_reservation(self.inner)
 
     async def __call__(self, task: Task[Any], /) -> Any:
         ctx = self.context

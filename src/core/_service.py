@@ -64,8 +64,8 @@ class Service(Protocol[Req_contra, Res_co]):
     one call and holds that reservation until it exits. The default is always ready;
     subclass ``Service`` explicitly to inherit it.
 
-    A worker enters the reservation in its loop task and exits it in the task that runs
-    the call, so a ``ready()`` must not open a cancel scope or a nursery across its
+    A worker may enter the reservation in its loop task and exit it in the runner task
+    that runs the call, so a ``ready()`` must not open a cancel scope or a nursery across its
     ``__aenter__``/``__aexit__`` (a token-based ``trio.CapacityLimiter``, an event or a
     counter is fine; see :class:`~turret.layers.ConcurrencyLimitLayer`).
 

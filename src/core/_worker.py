@@ -1,4 +1,18 @@
-"""``WorkerBuilder`` and ``Worker``: one fetch loop over one backend, running a stack."""
+"""``WorkerBuilder`` and ``Worker``: one fetch loop over one backend, running a stack.
+
+The loop reserves a slot (design.md §3), registers it with the :class:`~._fetch.Fetcher`
+and spawns a *runner* that owns the reservation: it claims the slot's task, runs it,
+gives the reservation back and hands the ack to the settler. While claims come back full
+(:attr:`Fetcher.steady <turret.core._fetch.Fetcher.steady>`), a runner then takes its
+next reservation itself, without waiting (``ready_nowait``), and goes on with the next
+task in the same trio task: a busy worker spawns no trio task per task, and a slot that
+frees is claimed for in the step that freed it rather than two scheduler batches later
+(the loop's wake-up, then the new task's first step). A runner that cannot go on (the
+queue ran dry, a ramp-up is under way, the stack is not ready at once, the worker is
+paused or stopping) ends, and the loop, the only place that *waits* for readiness,
+takes over again. Each task runs in its own copy of the runner's context
+(:func:`~._isolate.isolated`).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +33,8 @@ from ._backoff import Backoff, ExponentialBackoff
 from ._context import WorkerContext, WorkerState, _current
 from ._fetch import Fetcher, Slot
 from ._handler import build_handler
+from ._isolate import isolated
+from ._nowait import nowait_reservation
 from ._readiness import Readiness, Tracker
 from ._service import Layer, Service, Stack
 from ._task import Task
@@ -57,6 +73,7 @@ class Worker:
         poll_interval: float,
         grace_period: float | None,
         max_batch: int,
+        concurrency: int,
     ) -> None:
         self.name = name
         self.backend = backend
@@ -81,6 +98,9 @@ class Worker:
         )
         self._started = False
         self._loop_scope = trio.CancelScope()
+        self._concurrency = concurrency
+        self._runners = 0  # each holds at most one reservation
+        self._room = trio.lowlevel.ParkingLot()  # the loop, while every runner is live
 
     def __repr__(self) -> str:
         return f"<Worker {self.name!r} queue={self.queue!r} state={self.context.state.value}>"
@@ -116,10 +136,10 @@ class Worker:
                                 # Wait for work holding nothing, then reserve capacity;
                                 # only a reserved slot claims a task (design.md §3).
                                 await self._fetcher.wait_for_work()
-                                reservation = self.service.ready()
-                                await reservation.__aenter__()
+                                reservation = await self._reserve()
                                 slot = self._fetcher.slot()
-                                tasks.start_soon(self._run_one, reservation, slot)
+                                self._runners += 1
+                                tasks.start_soon(self._runner, reservation, slot)
                     settler.close()
                 services.cancel_scope.cancel()
         finally:
@@ -175,17 +195,56 @@ class Worker:
 
     # --- internals ------------------------------------------------------------------
 
+    async def _reserve(self) -> AbstractAsyncContextManager[None]:
+        """The next runner's reservation: at once if the stack is ready. Else, while every
+        runner is live, wait for one to end rather than for readiness: a slot a runner
+        frees goes to that runner, not to the loop (a waiter in the stack would be handed
+        it first); otherwise wait for readiness, as the worker always did."""
+        while True:
+            reservation = nowait_reservation(self.service)
+            try:
+                await reservation.__aenter__()
+            except trio.WouldBlock:
+                pass
+            else:
+                return reservation
+            if self._runners < self._concurrency:
+                reservation = self.service.ready()
+                await reservation.__aenter__()
+                return reservation
+            await self._room.park()
+
+    async def _runner(self, reservation: AbstractAsyncContextManager[None], slot: Slot) -> None:
+        """Run the slot's task, then, while claims come back full, take the next slot
+        without waiting and run its task too (module docstring)."""
+        fetcher = self._fetcher
+        context = self.context
+        try:
+            while True:
+                await self._run_one(reservation, slot)
+                if not fetcher.steady or context.stopping or context._paused:
+                    return
+                reservation = nowait_reservation(self.service)
+                try:
+                    await reservation.__aenter__()
+                except trio.WouldBlock:
+                    return  # the loop waits for readiness, cancellably
+                slot = fetcher.slot()
+        finally:
+            self._runners -= 1
+            self._room.unpark()
+
     async def _run_one(self, reservation: AbstractAsyncContextManager[None], slot: Slot) -> None:
-        # The loop entered the reservation (design.md §3); this task owns it from here and
-        # always exits it, on cancellation too. nursery.start per task would cost 3x more.
-        # The reservation covers the run, not the settle: it is given back first, so the
-        # next task is claimed while this one's ack is in flight.
+        # The reservation is entered (design.md §3); this runner owns it from here and
+        # always exits it, on cancellation too. The reservation covers the run, not the
+        # settle: it is given back first, so the next task is claimed while this one's
+        # ack is in flight.
         exc: BaseException | None = None
         run: Running | None = None
         try:
             task = await self._fetcher.next(slot)
             if task is not None:
-                run = await self.service.run(task)
+                run = await isolated(self.service.run(task))
         except BaseException as e:
             exc = e
             raise
@@ -357,4 +416,5 @@ class WorkerBuilder:
             poll_interval=self._poll_interval,
             grace_period=self._grace_period,
             max_batch=self._max_batch,
+            concurrency=self._concurrency,
         )

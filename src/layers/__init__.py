@@ -11,6 +11,8 @@ imported on first access, so ``import turret.layers`` works without their extras
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
+from ..core._nowait import enter_nowait as enter_nowait
+from ..core._nowait import nowait_reservation as nowait_reservation
 from ._catch_panic import CatchPanic as CatchPanic
 from ._catch_panic import CatchPanicLayer as CatchPanicLayer
 from ._catch_panic import CatchPanicStatistics as CatchPanicStatistics
@@ -36,8 +38,6 @@ from ._map import MapArgs as MapArgs
 from ._map import MapArgsLayer as MapArgsLayer
 from ._map import MapResult as MapResult
 from ._map import MapResultLayer as MapResultLayer
-from ._nowait import enter_nowait as enter_nowait
-from ._nowait import nowait_reservation as nowait_reservation
 from ._rate_limit import RateLimit as RateLimit
 from ._rate_limit import RateLimitLayer as RateLimitLayer
 from ._rate_limit import RateLimitStatistics as RateLimitStatistics

@@ -31,8 +31,8 @@ import attrs
 import trio
 
 from ..core._errors import Abort, InvalidPayload, Retry, TurretError
+from ..core._nowait import nowait_reservation
 from ..core._service import Service
-from ._nowait import nowait_reservation
 
 __all__ = [
     "BreakerState",

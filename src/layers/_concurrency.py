@@ -15,9 +15,9 @@ from typing import Any, Generic, TypeVar
 import attrs
 import trio
 
+from ..core._nowait import nowait_reservation
 from ..core._permits import Permits
 from ..core._service import Service
-from ._nowait import nowait_reservation
 
 __all__ = [
     "ConcurrencyLimit",

@@ -15,7 +15,8 @@ holding it while busy.
 
 The reservation and the call are linked through a context variable, so the call must
 happen in the task that entered the reservation or in a task it spawned afterwards (as
-in the worker and :func:`turret.testing.call_once`). A call made without a reservation
+in the worker, whose runners enter their next reservations themselves, and
+:func:`turret.testing.call_once`). A call made without a reservation
 is treated like a shed one: one non-waiting try.
 """
 
@@ -30,8 +31,8 @@ import attrs
 import trio
 
 from ..core._errors import TurretError
+from ..core._nowait import enter_nowait
 from ..core._service import Service
-from ._nowait import enter_nowait
 
 __all__ = ["LoadShed", "LoadShedLayer", "LoadShedStatistics", "Overloaded"]
 

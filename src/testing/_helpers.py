@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 
 import trio
 
+from ..core._nowait import enter_nowait
 from ..core._service import Service
 from ..core._task import Lease, Task, TaskContext, TaskId
-from ..layers._nowait import enter_nowait
 
 __all__ = ["assert_not_ready", "assert_ready", "call_once", "make_task"]
 

@@ -3,7 +3,8 @@
 A service may offer ``ready_nowait()``: like ``ready()``, it returns a reservation, but
 one whose ``__aenter__`` never waits: it takes the reservation at once or raises
 ``trio.WouldBlock``. Every stateful layer in :mod:`turret.layers` offers it (a trio
-primitive's ``*_nowait`` method, in trio's style).
+primitive's ``*_nowait`` method, in trio's style), and so do the worker's own services
+(its task runners take their next reservation this way, see :mod:`turret.core._worker`).
 
 For a service without it, :func:`nowait_reservation` enters ``ready()`` inside a cancel
 scope whose deadline is set to the past *after* the scope is entered. trio only expires
@@ -25,7 +26,7 @@ from typing import Any
 
 import trio
 
-from ..core._service import ALWAYS_READY
+from ._service import ALWAYS_READY
 
 __all__ = ["enter_nowait", "nowait_reservation"]
 
