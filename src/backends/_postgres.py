@@ -44,16 +44,17 @@ import logging
 import math
 import os
 import re
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import psycopg
-import psycopg.pq
 import trio
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 from ..core._backend import Job, QueueStats, Renewal, TaskInfo, TaskState, check_queue_name
@@ -65,6 +66,9 @@ from ._pg_conn import TrioConnection
 from ._producer import PRUNE_BATCH, PRUNE_EVERY, Producer
 
 __all__ = ["PostgresBackend", "PostgresStatistics", "redact_dsn"]
+
+#: A float8 in PostgreSQL's binary format (network order).
+_FLOAT8 = struct.Struct("!d").unpack
 
 log = logging.getLogger("turret.postgres")
 
@@ -756,34 +760,42 @@ class PostgresBackend(Producer):
             return []
         now = self.now()
         deadline = now + lease_ttl
-        # Headers as text: most tasks have none, and "{}" needs no JSON parse per row.
-        statement = self._s(
-            "SELECT id, payload, attempt, max_attempts, priority, run_at, enqueued_at, "
-            "headers::text, token FROM {s}.claim(%s, %s, %s, %s, %s, %s)"
-        )
-        params = (queue, owner, limit, now, deadline, self.max_lost)
-
-        async def claim(conn: TrioConnection, retried: bool) -> list[tuple[Any, ...]]:
-            return await conn.execute(statement, params)
-
-        rows = await self._run(claim)
-        return [
-            Task(
-                r[1],
-                TaskContext(
-                    id=TaskId(r[0]),
-                    queue=queue,
-                    attempt=r[2],
-                    max_attempts=r[3],
-                    priority=r[4],
-                    run_at=r[5],
-                    enqueued_at=r[6],
-                    headers={} if r[7] == "{}" else json.loads(r[7]),
-                    lease=Lease(owner, deadline, r[8]),
-                ),
-            )
-            for r in rows
+        query = self._s(sql.CLAIM).encode()
+        params = [
+            queue.encode(),
+            owner.encode(),
+            b"%d" % limit,
+            repr(now).encode(),
+            repr(deadline).encode(),
+            b"%d" % self.max_lost,
         ]
+
+        async def claim(conn: TrioConnection, retried: bool) -> pq.abc.PGresult:
+            return await conn.run_prepared(b"turret_claim", query, params)
+
+        res = await self._run(claim)
+        # Every column the claim returns is NOT NULL: raw bytes in the binary format.
+        value = cast(Callable[[int, int], bytes], res.get_value)
+        tasks = []
+        for r in range(res.ntuples):
+            headers = value(r, 7)
+            tasks.append(
+                Task(
+                    value(r, 1),
+                    TaskContext(
+                        id=TaskId(value(r, 0).decode()),
+                        queue=queue,
+                        attempt=int.from_bytes(value(r, 2), signed=True),
+                        max_attempts=int.from_bytes(value(r, 3), signed=True),
+                        priority=int.from_bytes(value(r, 4), signed=True),
+                        run_at=_FLOAT8(value(r, 5))[0],
+                        enqueued_at=_FLOAT8(value(r, 6))[0],
+                        headers={} if headers == b"{}" else json.loads(headers),
+                        lease=Lease(owner, deadline, int.from_bytes(value(r, 8), signed=True)),
+                    ),
+                )
+            )
+        return tasks
 
     async def wait_for_work(self, queue: str) -> None:
         if self.listen and self._listener is None and self._nursery is not None:
@@ -974,18 +986,40 @@ class PostgresBackend(Producer):
         expires: list[float | None],
     ) -> dict[tuple[str, int], LeaseLost | None]:
         """Ack the tasks in one statement; the refused ones, by (task id, token)."""
-        params: dict[str, Any] = {"ids": ids, "tokens": tokens, "nows": nows}
         if any(r is not None for r in results):
-            params["results"] = results
-            params["expires"] = expires
+            params: dict[str, Any] = {
+                "ids": ids,
+                "tokens": tokens,
+                "nows": nows,
+                "results": results,
+                "expires": expires,
+            }
             statement = self._s(sql.ACK)
-        else:
-            statement = self._s(sql.ACK_NO_RESULTS)
+
+            async def store(conn: TrioConnection) -> set[tuple[str, int]]:
+                return {(row[0], row[1]) for row in await conn.execute(statement, params)}
+
+        else:  # the usual batch: the leaner prepared statement
+            query = self._s(sql.ACK_NO_RESULTS).encode()
+            stamps = {now: repr(now) for now in set(nows)}  # one, from ack_many: repr is dear
+            texts = [
+                ",".join(ids).encode(),
+                ",".join(map(str, tokens)).encode(),
+                ",".join([stamps[now] for now in nows]).encode(),
+            ]
+
+            async def store(conn: TrioConnection) -> set[tuple[str, int]]:
+                res = await conn.run_prepared(b"turret_ack", query, texts)
+                value = cast(Callable[[int, int], bytes], res.get_value)
+                return {
+                    (value(r, 0).decode(), int.from_bytes(value(r, 1), signed=True))
+                    for r in range(res.ntuples)
+                }
 
         async def flush(
             conn: TrioConnection, retried: bool
         ) -> dict[tuple[str, int], LeaseLost | None]:
-            done = {(row[0], row[1]) for row in await conn.execute(statement, params)}
+            done = await store(conn)
             if len(done) == len(ids):
                 return {}
             return {
@@ -1324,7 +1358,7 @@ class _Listener:
         while True:
             await trio.lowlevel.wait_readable(fd)
             pgconn.consume_input()
-            if pgconn.status != psycopg.pq.ConnStatus.OK:
+            if pgconn.status != pq.ConnStatus.OK:
                 raise psycopg.OperationalError("the listening connection was closed")
             while (note := pgconn.notifies()) is not None:
                 self.notifications += 1

@@ -507,3 +507,32 @@ async def test_a_background_prune_goes_on_while_a_backlog_is_due(
                 break
             await trio.lowlevel.checkpoint()
         assert stats.done == 1  # 5 old ones in batches of 2, 2 and 1
+
+
+async def test_prepared_statements_run_once_prepared_and_raise_errors_without_breaking(
+    dsn: str,
+) -> None:
+    from turret.backends._pg_conn import TrioConnection
+
+    conn = TrioConnection(
+        await trio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
+    )
+    try:
+        query = b"SELECT $1::int8 * 2, $2::text, $3::float8"
+        for n in range(3):
+            res = await conn.run_prepared(b"turret_t", query, [b"%d" % n, "é".encode(), b"0.1"])
+            assert int.from_bytes(res.get_value(0, 0) or b"", "big", signed=True) == 2 * n
+            assert bytes(res.get_value(0, 1) or b"").decode() == "é"
+        assert conn.reusable
+        rows = await conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name = 'turret_t'"
+        )
+        assert rows == [(1,)]  # prepared once, on first use
+
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await conn.run_prepared(b"turret_div", b"SELECT 1 / $1::int", [b"0"])
+        assert conn.reusable  # an error reply leaves the connection fit for the next one
+        res = await conn.run_prepared(b"turret_div", b"SELECT 1 / $1::int", [b"1"])
+        assert int.from_bytes(res.get_value(0, 0) or b"", "big") == 1
+    finally:
+        conn.close()
