@@ -45,6 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 N_THROUGHPUT = int(os.environ.get("TURRET_BENCH_N_THROUGHPUT", "20000"))
 N_LATENCY = 300
 N_SLEEP = 2000
+SLEEP_RUNS = 5  # the median is reported, as for turret (bench_redis.py)
 CONCURRENCY = 100
 LATENCY_BUDGET = 20.0  # seconds of latency sampling at most
 RUN_TIMEOUT = 90.0  # seconds for one timed batch
@@ -231,7 +232,9 @@ class AsyncPeer:
                 summarize(await self.latency(), out, notes)
 
             async def slp() -> None:
-                out["sleep_s"] = await self.timed_batch("sleep", N_SLEEP)
+                out["sleep_s"] = statistics.median(
+                    [await self.timed_batch("sleep", N_SLEEP) for _ in range(SLEEP_RUNS)]
+                )
 
             steps = [("throughput", tp), ("latency", lat), ("sleep", slp)]
             for label, step in steps:
@@ -533,7 +536,12 @@ def run_dramatiq(url: str) -> dict[str, Any]:
             lambda: out.update(throughput_1p=N_THROUGHPUT / timed("noop", N_THROUGHPUT)),
         ),
         ("latency", lambda: summarize(latency(), out, notes)),
-        ("sleep", lambda: out.update(sleep_s=timed("sleep", N_SLEEP))),
+        (
+            "sleep",
+            lambda: out.update(
+                sleep_s=statistics.median(timed("sleep", N_SLEEP) for _ in range(SLEEP_RUNS))
+            ),
+        ),
     ):
         if label not in WORKLOADS:
             continue

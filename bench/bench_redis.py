@@ -8,7 +8,8 @@ Workloads (each under a fresh key prefix / queue name, deleted afterwards):
   enqueued first, the clock starts when the worker is started and stops when the
   handler has run for all of them -- see ``_redis_peers.py``);
 * latency: enqueue-to-start p50/p99 of 300 tasks pushed one at a time to idle workers;
-* sleep: 2000 tasks sleeping 10 ms at concurrency 100 (ideal 0.2 s).
+* sleep: 2000 tasks sleeping 10 ms at concurrency 100 (ideal 0.2 s); the median of
+  five runs, for every system (one run on this shared machine can be 1.3x another).
 
 Peers run from ``.venv-bench`` (``make bench-peers`` creates it; they are never project
 dependencies); when it is missing the peers are skipped with a note.
@@ -38,6 +39,7 @@ PEERS_SCRIPT = Path(__file__).resolve().parent / "_redis_peers.py"
 N_THROUGHPUT = 20_000
 N_LATENCY = 300
 N_SLEEP = 2000
+SLEEP_RUNS = 5
 CONCURRENCY = 100
 QUEUE = "bench"
 
@@ -195,7 +197,9 @@ def turret_results(
             out["latency_p50_ms"] = statistics.median(lat) * 1000
             out["latency_p99_ms"] = statistics.quantiles(lat, n=100)[98] * 1000
         if "sleep" in workloads:
-            out["sleep_s"] = await run_batch(1, N_SLEEP, "sleep")
+            runs = [await run_batch(1, N_SLEEP, "sleep") for _ in range(SLEEP_RUNS)]
+            out["sleep_s"] = statistics.median(runs)
+            out["sleep_min_s"], out["sleep_max_s"] = min(runs), max(runs)
 
     trio.run(main)
     return out
@@ -306,7 +310,10 @@ def main(which: str = "all") -> int:
         )
     if best_p50:
         print(f"latency p50: turret {ours['latency_p50_ms']:.2f} ms vs best peer {best_p50:.2f} ms")
-    print(f"sleep workload: {ours['sleep_s']:.3f} s (goal <= 0.35 s)")
+    print(
+        f"sleep workload: {ours['sleep_s']:.3f} s, median of {SLEEP_RUNS} runs "
+        f"({ours['sleep_min_s']:.3f}-{ours['sleep_max_s']:.3f}; goal <= 0.35 s)"
+    )
     return 0
 
 
