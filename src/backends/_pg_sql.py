@@ -275,6 +275,31 @@ CLAIM = (
     "headers::text, token FROM {s}.claim($1, $2, $3, $4, $5, $6)"
 )
 
+#: CLAIM that also acks the tasks its caller's worker has finished since its last call
+#: (ids and tokens as comma-separated texts in $7 and $8): one statement, one round
+#: trip and one commit for both (see ``PostgresBackend.ack_many``). The acks use the
+#: claim's time, so an ack (lease still valid) and the reclaim inside ``claim()`` (lease
+#: expired) never touch the same row. Rows of kind 0 are claimed tasks, in the claim's
+#: order; rows of kind 1 are the acks that matched (id, token).
+CLAIM_ACKING = """
+    WITH acked AS (
+        UPDATE {s}.tasks t SET state = 'done', result = NULL, result_expires_at = NULL,
+            finished_at = $4, owner = NULL, deadline = NULL, cancel_reason = NULL
+        FROM unnest(string_to_array($7, ','), string_to_array($8, ',')::int8[])
+            AS i(id, token)
+        WHERE t.id = i.id AND t.token = i.token AND t.state = 'leased' AND t.deadline > $4
+        RETURNING t.id, t.token
+    )
+    SELECT 0, c.id, c.payload, c.attempt, c.max_attempts, c.priority, c.run_at,
+        c.enqueued_at, c.headers::text, c.token, c.n
+    FROM {s}.claim($1, $2, $3, $4, $5, $6) WITH ORDINALITY
+        AS c(id, payload, attempt, max_attempts, priority, run_at, enqueued_at, headers,
+            token, n)
+    UNION ALL
+    SELECT 1, a.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, a.token, NULL FROM acked a
+    ORDER BY 1, 11
+"""
+
 #: Deletes up to ``limit`` done tasks kept past ``done_ttl`` whose result (if any) has
 #: expired too; yields how many. Done tasks with no ``finished_at`` (acked by an older
 #: turret still running) get one. Commits without the WAL flush: a lost prune only

@@ -67,6 +67,11 @@ from ._producer import PRUNE_BATCH, PRUNE_EVERY, Producer
 
 __all__ = ["PostgresBackend", "PostgresStatistics", "redact_dsn"]
 
+#: How long an ``ack_many`` made while a claim is in flight waits for the next claim
+#: to carry its acks (one statement and one commit for both) before it stores them
+#: itself.
+ACK_RIDE = 0.003
+
 #: A float8 in PostgreSQL's binary format (network order).
 _FLOAT8 = struct.Struct("!d").unpack
 
@@ -113,7 +118,9 @@ class PostgresStatistics:
 
     ``connection_errors`` counts calls that failed because a connection broke (each is
     retried); ``reconnects`` counts connections made to replace broken ones;
-    ``listening`` tells whether the LISTEN connection is up (else workers poll).
+    ``listening`` tells whether the LISTEN connection is up (else workers poll);
+    ``acks`` counts acks stored, ``ack_batches`` the statements that stored only acks,
+    and ``acks_with_claims`` the acks that rode on a claim.
 
     Example::
 
@@ -135,6 +142,21 @@ class PostgresStatistics:
     notifications: int
     acks: int
     ack_batches: int
+    acks_with_claims: int
+
+
+class _Riders:
+    """One ``ack_many`` call's acks waiting to ride on the next claim (module docs)."""
+
+    __slots__ = ("error", "event", "ids", "outcomes", "taken", "tokens")
+
+    def __init__(self, ids: list[TaskId], tokens: list[int]) -> None:
+        self.ids = ids
+        self.tokens = tokens
+        self.taken = False  # a claim is carrying them
+        self.outcomes: list[LeaseLost | None] | None = None
+        self.error: BaseException | None = None
+        self.event = trio.Event()  # set once: answered, failed, or given back
 
 
 class _AckRequest:
@@ -365,6 +387,9 @@ class PostgresBackend(Producer):
         self._listener: _Listener | None = None
         self._acks: list[_AckRequest] = []
         self._ack_flights = 0
+        self._riders: list[_Riders] = []
+        self._claims_in_flight = 0
+        self._acks_with_claims = 0
         self._connection_errors = 0
         self._reconnects = 0
         self._ack_count = 0
@@ -501,6 +526,7 @@ class PostgresBackend(Producer):
             notifications=0 if listener is None else listener.notifications,
             acks=self._ack_count,
             ack_batches=self._ack_batches,
+            acks_with_claims=self._acks_with_claims,
         )
 
     # --- connections ----------------------------------------------------------------
@@ -760,7 +786,6 @@ class PostgresBackend(Producer):
             return []
         now = self.now()
         deadline = now + lease_ttl
-        query = self._s(sql.CLAIM).encode()
         params = [
             queue.encode(),
             owner.encode(),
@@ -769,33 +794,105 @@ class PostgresBackend(Producer):
             repr(deadline).encode(),
             b"%d" % self.max_lost,
         ]
+        riders = self._take_riders()
+        if riders:
+            name, query, first = b"turret_claim_acking", self._s(sql.CLAIM_ACKING).encode(), 1
+            ids = [i for r in riders for i in r.ids]
+            tokens = [t for r in riders for t in r.tokens]
+            params += [",".join(ids).encode(), ",".join(map(str, tokens)).encode()]
+        else:
+            name, query, first = b"turret_claim", self._s(sql.CLAIM).encode(), 0
 
         async def claim(conn: TrioConnection, retried: bool) -> pq.abc.PGresult:
-            return await conn.run_prepared(b"turret_claim", query, params)
+            res = await conn.run_prepared(name, query, params)
+            if riders:  # answered here, shielded with the statement (see ``_run``)
+                await self._answer_riders(conn, res, riders, now, retried)
+            return res
 
-        res = await self._run(claim)
-        # Every column the claim returns is NOT NULL: raw bytes in the binary format.
+        self._claims_in_flight += 1
+        try:
+            res = await self._run(claim)
+        except BaseException as exc:
+            self._give_back(riders, exc)
+            raise
+        finally:
+            self._claims_in_flight -= 1
+        # Every column of a claimed task is NOT NULL: raw bytes in the binary format.
         value = cast(Callable[[int, int], bytes], res.get_value)
         tasks = []
         for r in range(res.ntuples):
-            headers = value(r, 7)
+            if first and value(r, 0) != b"\x00\x00\x00\x00":
+                break  # the acks' rows come after the claimed tasks
+            headers = value(r, first + 7)
             tasks.append(
                 Task(
-                    value(r, 1),
+                    value(r, first + 1),
                     TaskContext(
-                        id=TaskId(value(r, 0).decode()),
+                        id=TaskId(value(r, first).decode()),
                         queue=queue,
-                        attempt=int.from_bytes(value(r, 2), signed=True),
-                        max_attempts=int.from_bytes(value(r, 3), signed=True),
-                        priority=int.from_bytes(value(r, 4), signed=True),
-                        run_at=_FLOAT8(value(r, 5))[0],
-                        enqueued_at=_FLOAT8(value(r, 6))[0],
+                        attempt=int.from_bytes(value(r, first + 2), signed=True),
+                        max_attempts=int.from_bytes(value(r, first + 3), signed=True),
+                        priority=int.from_bytes(value(r, first + 4), signed=True),
+                        run_at=_FLOAT8(value(r, first + 5))[0],
+                        enqueued_at=_FLOAT8(value(r, first + 6))[0],
                         headers={} if headers == b"{}" else json.loads(headers),
-                        lease=Lease(owner, deadline, int.from_bytes(value(r, 8), signed=True)),
+                        lease=Lease(
+                            owner, deadline, int.from_bytes(value(r, first + 8), signed=True)
+                        ),
                     ),
                 )
             )
         return tasks
+
+    def _take_riders(self) -> list[_Riders]:
+        """The acks waiting for a claim, up to ``max_ack_batch`` of them, now taken."""
+        taken: list[_Riders] = []
+        count = 0
+        while self._riders and count + len(self._riders[0].ids) <= self.max_ack_batch:
+            riders = self._riders.pop(0)
+            riders.taken = True
+            count += len(riders.ids)
+            taken.append(riders)
+        return taken
+
+    async def _answer_riders(
+        self,
+        conn: TrioConnection,
+        res: pq.abc.PGresult,
+        riders: list[_Riders],
+        now: float,
+        retried: bool,
+    ) -> None:
+        value = res.get_value
+        done = set()
+        for r in range(res.ntuples):
+            if value(r, 0) == b"\x00\x00\x00\x01":
+                task_id = bytes(value(r, 1) or b"").decode()
+                done.add((task_id, int.from_bytes(value(r, 9) or b"", signed=True)))
+        for rider in riders:
+            outcomes: list[LeaseLost | None] = []
+            for key in zip(rider.ids, rider.tokens, strict=True):
+                if key in done:
+                    outcomes.append(None)
+                else:
+                    outcomes.append(await self._lease_error(conn, *key, now, retried, "done"))
+            rider.outcomes = outcomes
+            rider.event.set()
+            self._ack_count += len(outcomes)
+            self._acks_with_claims += len(outcomes)
+
+    def _give_back(self, riders: list[_Riders], exc: BaseException) -> None:
+        """A claim carrying acks failed: its error is theirs, unless it failed before
+        its statement was sent (cancelled waiting for a connection): then their
+        ``ack_many`` stores them itself."""
+        for rider in riders:
+            if rider.event.is_set():
+                continue
+            if isinstance(exc, trio.Cancelled):
+                rider.taken = False
+            else:
+                rider.error = exc
+            rider.event.set()
 
     async def wait_for_work(self, queue: str) -> None:
         if self.listen and self._listener is None and self._nursery is not None:
@@ -959,6 +1056,14 @@ class PostgresBackend(Producer):
 
             outcomes = await backend.ack_many([(task.ctx.id, task.ctx.lease.token, None)])
         """
+        if (
+            self._claims_in_flight
+            and len(acks) <= self.max_ack_batch
+            and all(result is None for _, _, result in acks)
+        ):
+            rode = await self._ride(acks)
+            if rode is not None:
+                return rode
         now = self.now()
         expires = None if self.result_ttl is None else now + self.result_ttl
         outcomes: list[LeaseLost | None] = []
@@ -976,6 +1081,31 @@ class PostgresBackend(Producer):
             )
             outcomes += [failed.get(key) for key in zip(ids, tokens, strict=True)]
         return outcomes
+
+    async def _ride(
+        self, acks: Sequence[tuple[TaskId, int, bytes | None]]
+    ) -> list[LeaseLost | None] | None:
+        """Let the next claim store these acks (a claim is in flight, so one usually
+        follows at once); wait at most ``ACK_RIDE``. Their outcomes, or ``None`` when no
+        claim took them: the caller stores them itself."""
+        riders = _Riders([task_id for task_id, _, _ in acks], [token for _, token, _ in acks])
+        self._riders.append(riders)
+        try:
+            with trio.move_on_after(ACK_RIDE):
+                await riders.event.wait()
+            if not riders.event.is_set():
+                if riders.taken:
+                    await riders.event.wait()  # a claim is storing them: its answer
+                else:
+                    self._riders.remove(riders)
+                    return None
+        except BaseException:
+            if riders in self._riders:
+                self._riders.remove(riders)
+            raise
+        if riders.error is not None:
+            raise riders.error
+        return riders.outcomes
 
     async def _store_acks(
         self,

@@ -536,3 +536,91 @@ async def test_prepared_statements_run_once_prepared_and_raise_errors_without_br
         assert int.from_bytes(res.get_value(0, 0) or b"", "big") == 1
     finally:
         conn.close()
+
+
+async def test_acks_made_while_a_claim_is_in_flight_ride_on_the_next_claim(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from turret.backends import _postgres
+
+    monkeypatch.setattr(_postgres, "ACK_RIDE", 60.0)  # here the next claim always comes
+    async with PostgresBackend.open(dsn, schema=schema) as backend:
+        await backend.push_many([Job(i) for i in range(6)])
+        leased = await backend.claim("default", owner="w", limit=3, lease_ttl=30)
+        acks = [(t.id, t.ctx.lease.token, None) for t in leased if t.ctx.lease is not None]
+        acks.append((leased[0].id, leased[0].ctx.lease.token + 1000, None))  # type: ignore[union-attr]
+        before = backend.statistics()
+        locked, release = trio.Event(), trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def hold_lock() -> None:  # claims (UPDATEs) wait behind it: one stays in flight
+            with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+                conn.execute(f'LOCK TABLE "{schema}".tasks IN EXCLUSIVE MODE')
+                trio.from_thread.run_sync(locked.set, trio_token=token)
+                trio.from_thread.run(release.wait, trio_token=token)
+
+        claimed: list[int] = []
+        outcomes: list[Any] = []
+
+        async def claim() -> None:
+            claimed.append(len(await backend.claim("default", owner="w", limit=2, lease_ttl=30)))
+
+        async def ack() -> None:
+            outcomes.extend(await backend.ack_many(acks))
+
+        with trio.fail_after(10):
+            await _claim_twice_acking_between(backend, hold_lock, locked, release, claim, ack)
+
+        assert outcomes[:3] == [None, None, None]
+        assert isinstance(outcomes[3], LeaseLost) and "stale" in str(outcomes[3])
+        assert sorted(claimed) == [1, 2]  # the three tasks left
+        stats = backend.statistics()
+        assert stats.acks_with_claims - before.acks_with_claims == 4
+        assert stats.ack_batches == before.ack_batches  # no statement stored only acks
+        for t in leased:
+            info = await backend.get_task(t.id)
+            assert info is not None and info.state is TaskState.DONE
+
+
+async def _claim_twice_acking_between(
+    backend: PostgresBackend,
+    hold_lock: Any,
+    locked: trio.Event,
+    release: trio.Event,
+    claim: Any,
+    ack: Any,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, hold_lock)
+        await locked.wait()
+        try:
+            nursery.start_soon(claim)  # blocked: in flight
+            while not backend._claims_in_flight:
+                await trio.lowlevel.checkpoint()
+            nursery.start_soon(ack)  # waits for the next claim
+            while not backend._riders:
+                await trio.lowlevel.checkpoint()
+            nursery.start_soon(claim)  # carries the acks
+            while backend._riders:
+                await trio.lowlevel.checkpoint()
+        finally:
+            release.set()
+
+
+async def test_acks_store_themselves_when_no_claim_follows(dsn: str, schema: str) -> None:
+    async with PostgresBackend.open(dsn, schema=schema) as backend:
+        await backend.push_many([Job(i) for i in range(2)])
+        leased = await backend.claim("default", owner="w", limit=2, lease_ttl=30)
+        backend._claims_in_flight += 1  # as if a claim were under way, but none follows
+        try:
+            before = backend.statistics()
+            outcomes = await backend.ack_many(
+                [(t.id, t.ctx.lease.token, None) for t in leased if t.ctx.lease is not None]
+            )
+        finally:
+            backend._claims_in_flight -= 1
+        assert outcomes == [None, None]
+        stats = backend.statistics()
+        assert stats.ack_batches == before.ack_batches + 1
+        assert stats.acks_with_claims == before.acks_with_claims
+        assert not backend._riders
