@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from _raw import raw_trio_sleep_s
+
 DSN = os.environ.get("TURRET_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
@@ -464,6 +466,12 @@ def main(which: str = "all") -> int:
         print(
             f"sleep workload: {mine['sleep_s']:.3f} s, median of {SLEEP_RUNS} runs "
             f"({mine['sleep_min_s']:.3f}-{mine['sleep_max_s']:.3f}; ideal 0.2 s, goal <= 0.35 s)",
+            flush=True,
+        )
+        raw = raw_trio_sleep_s(SLEEP_RUNS)
+        print(
+            f"  the raw trio loop, no backend, now: {raw:.3f} s "
+            f"(turret on PostgreSQL / raw = {mine['sleep_s'] / raw:.2f})",
             flush=True,
         )
     others = peers() if which in ("all", "peers") else {}

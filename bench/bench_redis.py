@@ -32,6 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _raw import raw_trio_sleep_s
+
 URL = os.environ.get("TURRET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
@@ -313,6 +315,11 @@ def main(which: str = "all") -> int:
     print(
         f"sleep workload: {ours['sleep_s']:.3f} s, median of {SLEEP_RUNS} runs "
         f"({ours['sleep_min_s']:.3f}-{ours['sleep_max_s']:.3f}; goal <= 0.35 s)"
+    )
+    raw = raw_trio_sleep_s(SLEEP_RUNS)
+    print(
+        f"  the raw trio loop, no backend, now: {raw:.3f} s "
+        f"(turret on Redis / raw = {ours['sleep_s'] / raw:.2f})"
     )
     return 0
 
