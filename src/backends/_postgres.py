@@ -64,13 +64,9 @@ from ..core._task import Lease, Task, TaskContext, TaskId
 from . import _pg_sql as sql
 from ._pg_conn import TrioConnection
 from ._producer import PRUNE_BATCH, PRUNE_EVERY, Producer
+from ._riding import AckRides, Riders
 
 __all__ = ["PostgresBackend", "PostgresStatistics", "redact_dsn"]
-
-#: How long an ``ack_many`` made while a claim is in flight waits for the next claim
-#: to carry its acks (one statement and one commit for both) before it stores them
-#: itself.
-ACK_RIDE = 0.003
 
 #: A float8 in PostgreSQL's binary format (network order).
 _FLOAT8 = struct.Struct("!d").unpack
@@ -143,20 +139,6 @@ class PostgresStatistics:
     acks: int
     ack_batches: int
     acks_with_claims: int
-
-
-class _Riders:
-    """One ``ack_many`` call's acks waiting to ride on the next claim (module docs)."""
-
-    __slots__ = ("error", "event", "ids", "outcomes", "taken", "tokens")
-
-    def __init__(self, ids: list[TaskId], tokens: list[int]) -> None:
-        self.ids = ids
-        self.tokens = tokens
-        self.taken = False  # a claim is carrying them
-        self.outcomes: list[LeaseLost | None] | None = None
-        self.error: BaseException | None = None
-        self.event = trio.Event()  # set once: answered, failed, or given back
 
 
 class _AckRequest:
@@ -387,9 +369,7 @@ class PostgresBackend(Producer):
         self._listener: _Listener | None = None
         self._acks: list[_AckRequest] = []
         self._ack_flights = 0
-        self._riders: list[_Riders] = []
-        self._claims_in_flight = 0
-        self._acks_with_claims = 0
+        self._rides = AckRides()
         self._connection_errors = 0
         self._reconnects = 0
         self._ack_count = 0
@@ -526,7 +506,7 @@ class PostgresBackend(Producer):
             notifications=0 if listener is None else listener.notifications,
             acks=self._ack_count,
             ack_batches=self._ack_batches,
-            acks_with_claims=self._acks_with_claims,
+            acks_with_claims=self._rides.carried,
         )
 
     # --- connections ----------------------------------------------------------------
@@ -794,7 +774,7 @@ class PostgresBackend(Producer):
             repr(deadline).encode(),
             b"%d" % self.max_lost,
         ]
-        riders = self._take_riders()
+        riders = self._rides.take(self.max_ack_batch)
         if riders:
             name, query, first = b"turret_claim_acking", self._s(sql.CLAIM_ACKING).encode(), 1
             ids = [i for r in riders for i in r.ids]
@@ -809,14 +789,8 @@ class PostgresBackend(Producer):
                 await self._answer_riders(conn, res, riders, now, retried)
             return res
 
-        self._claims_in_flight += 1
-        try:
+        with self._rides.claiming(riders):
             res = await self._run(claim)
-        except BaseException as exc:
-            self._give_back(riders, exc)
-            raise
-        finally:
-            self._claims_in_flight -= 1
         # Every column of a claimed task is NOT NULL: raw bytes in the binary format.
         value = cast(Callable[[int, int], bytes], res.get_value)
         tasks = []
@@ -844,22 +818,11 @@ class PostgresBackend(Producer):
             )
         return tasks
 
-    def _take_riders(self) -> list[_Riders]:
-        """The acks waiting for a claim, up to ``max_ack_batch`` of them, now taken."""
-        taken: list[_Riders] = []
-        count = 0
-        while self._riders and count + len(self._riders[0].ids) <= self.max_ack_batch:
-            riders = self._riders.pop(0)
-            riders.taken = True
-            count += len(riders.ids)
-            taken.append(riders)
-        return taken
-
     async def _answer_riders(
         self,
         conn: TrioConnection,
         res: pq.abc.PGresult,
-        riders: list[_Riders],
+        riders: list[Riders],
         now: float,
         retried: bool,
     ) -> None:
@@ -876,23 +839,8 @@ class PostgresBackend(Producer):
                     outcomes.append(None)
                 else:
                     outcomes.append(await self._lease_error(conn, *key, now, retried, "done"))
-            rider.outcomes = outcomes
-            rider.event.set()
+            rider.answer(outcomes)
             self._ack_count += len(outcomes)
-            self._acks_with_claims += len(outcomes)
-
-    def _give_back(self, riders: list[_Riders], exc: BaseException) -> None:
-        """A claim carrying acks failed: its error is theirs, unless it failed before
-        its statement was sent (cancelled waiting for a connection): then their
-        ``ack_many`` stores them itself."""
-        for rider in riders:
-            if rider.event.is_set():
-                continue
-            if isinstance(exc, trio.Cancelled):
-                rider.taken = False
-            else:
-                rider.error = exc
-            rider.event.set()
 
     async def wait_for_work(self, queue: str) -> None:
         if self.listen and self._listener is None and self._nursery is not None:
@@ -1057,11 +1005,11 @@ class PostgresBackend(Producer):
             outcomes = await backend.ack_many([(task.ctx.id, task.ctx.lease.token, None)])
         """
         if (
-            self._claims_in_flight
+            self._rides.claims_in_flight
             and len(acks) <= self.max_ack_batch
             and all(result is None for _, _, result in acks)
         ):
-            rode = await self._ride(acks)
+            rode = await self._rides.ride([i for i, _, _ in acks], [t for _, t, _ in acks])
             if rode is not None:
                 return rode
         now = self.now()
@@ -1081,31 +1029,6 @@ class PostgresBackend(Producer):
             )
             outcomes += [failed.get(key) for key in zip(ids, tokens, strict=True)]
         return outcomes
-
-    async def _ride(
-        self, acks: Sequence[tuple[TaskId, int, bytes | None]]
-    ) -> list[LeaseLost | None] | None:
-        """Let the next claim store these acks (a claim is in flight, so one usually
-        follows at once); wait at most ``ACK_RIDE``. Their outcomes, or ``None`` when no
-        claim took them: the caller stores them itself."""
-        riders = _Riders([task_id for task_id, _, _ in acks], [token for _, token, _ in acks])
-        self._riders.append(riders)
-        try:
-            with trio.move_on_after(ACK_RIDE):
-                await riders.event.wait()
-            if not riders.event.is_set():
-                if riders.taken:
-                    await riders.event.wait()  # a claim is storing them: its answer
-                else:
-                    self._riders.remove(riders)
-                    return None
-        except BaseException:
-            if riders in self._riders:
-                self._riders.remove(riders)
-            raise
-        if riders.error is not None:
-            raise riders.error
-        return riders.outcomes
 
     async def _store_acks(
         self,

@@ -34,6 +34,7 @@ from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
 from . import _redis_lua as lua
 from ._producer import Producer
+from ._riding import AckRides
 
 __all__ = ["DEFAULT_REDIS_URL", "RedisBackend", "RedisStatistics", "redact_url"]
 
@@ -124,6 +125,8 @@ class RedisStatistics:
     wakeups: int
     #: Tasks leased to this process by a push (handoff), without a claim round trip.
     handoffs: int = 0
+    #: Acks stored by a claim's script call (``ack_many`` while a claim was in flight).
+    acks_with_claims: int = 0
 
 
 class _Pool(coredis.ConnectionPool[Any]):
@@ -296,6 +299,7 @@ class RedisBackend(Producer):
         self._reconnects = 0
         self._settle_count = 0
         self._settle_batches = 0
+        self._rides = AckRides()
         self._wakeups = 0
         # handoffs (see _redis_lua): this process's inbox, its registration per queue,
         # and the tasks handed to it that no claim has taken yet
@@ -925,22 +929,35 @@ class RedisBackend(Producer):
         # free slots known from the short claims since the worker went idle (none of
         # them took a task): a later claim for fewer slots leaves the room as it was
         floor = 0 if out else self._room.get(queue, 0)
-        raw = await self._script(
-            "CLAIM",
-            [
-                queue,
-                owner,
-                str(limit),
-                _f(now),
-                _f(deadline),
-                str(self.max_lost),
-                os.urandom(8).hex(),  # the nonce: a retried call is the same claim
-                member,
-                _f(now + _REG_TTL),
-                str(_ROOM_MAX),
-                str(floor),
-            ],
-        )
+        call: list[str | bytes] = [
+            queue,
+            owner,
+            str(limit),
+            _f(now),
+            _f(deadline),
+            str(self.max_lost),
+            os.urandom(8).hex(),  # the nonce: a retried call is the same claim
+            member,
+            _f(now + _REG_TTL),
+            str(_ROOM_MAX),
+            str(floor),
+        ]
+        riders = self._rides.take(_SETTLE_CHUNK)
+        with self._rides.claiming(riders):
+            if riders:  # acks riding on this claim: stored first, in the same call
+                call += self._settle_header()
+                for rider in riders:
+                    for task_id, token in zip(rider.ids, rider.tokens, strict=True):
+                        call += _ack_args(task_id, token, None)
+                settled, raw = await self._script("SETTLE_CLAIM", call)
+                for rider in riders:
+                    rider.answer(
+                        [LeaseLost(_s(err)) if err else None for err in settled[: len(rider.ids)]]
+                    )
+                    settled = settled[len(rider.ids) :]
+                    self._settle_count += len(rider.ids)
+            else:
+                raw = await self._script("CLAIM", call)
         rows = len(raw) - len(raw) % 9
         if rows < len(raw):  # a short claim: NEXT_DUE's answer follows the tasks
             self._quiet[queue] = (gen, time.monotonic(), raw[rows])
@@ -996,6 +1013,14 @@ class RedisBackend(Producer):
 
             outcomes = await backend.ack_many([(task.ctx.id, task.ctx.lease.token, None)])
         """
+        if (
+            self._rides.claims_in_flight
+            and len(acks) <= _SETTLE_CHUNK
+            and all(result is None for _, _, result in acks)
+        ):
+            rode = await self._rides.ride([i for i, _, _ in acks], [t for _, t, _ in acks])
+            if rode is not None:
+                return rode
         outcomes: list[LeaseLost | None] = []
         for start in range(0, len(acks), _SETTLE_CHUNK):
             chunk = acks[start : start + _SETTLE_CHUNK]
@@ -1217,6 +1242,7 @@ class RedisBackend(Producer):
             settle_batches=self._settle_batches,
             wakeups=self._wakeups,
             handoffs=self._handoffs,
+            acks_with_claims=self._rides.carried,
         )
 
     async def prune(self) -> int:

@@ -61,6 +61,7 @@ __all__ = [
     "RENEW",
     "REPLAY",
     "SETTLE",
+    "SETTLE_CLAIM",
     "STATS",
     "UNREGISTER",
 ]
@@ -680,5 +681,32 @@ for _, id in ipairs(ids) do
   for j = 1, #h do out[#out + 1] = h[j] end
 end
 return out
+"""
+)
+
+
+def _body(script: str) -> str:
+    assert script.startswith(PRELUDE)
+    return script[len(PRELUDE) :]
+
+
+# ARGV: P, the CLAIM call's arguments (2-12), then the SETTLE call's from its second on
+# (its header and its ops; P is shared). Stores the acks that rode on this claim
+# (``turret.backends._riding``), then claims: one script call for both. Returns two
+# arrays: SETTLE's answer, then CLAIM's. Each half keeps its own nonce, so a call
+# retried after a lost reply gives both halves' first outcomes again.
+SETTLE_CLAIM = (
+    PRELUDE
+    + "local function settle_part(ARGV)\n"
+    + _body(SETTLE)
+    + "\nend\nlocal function claim_part(ARGV)\n"
+    + _body(CLAIM)
+    + r"""
+end
+local cargv, sargv = {}, {ARGV[1]}
+for i = 1, 12 do cargv[i] = ARGV[i] end
+for i = 13, #ARGV do sargv[#sargv + 1] = ARGV[i] end
+local settled = settle_part(sargv)
+return {settled, claim_part(cargv)}
 """
 )

@@ -541,9 +541,9 @@ async def test_prepared_statements_run_once_prepared_and_raise_errors_without_br
 async def test_acks_made_while_a_claim_is_in_flight_ride_on_the_next_claim(
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from turret.backends import _postgres
+    from turret.backends import _riding
 
-    monkeypatch.setattr(_postgres, "ACK_RIDE", 60.0)  # here the next claim always comes
+    monkeypatch.setattr(_riding, "ACK_RIDE", 60.0)  # here the next claim always comes
     async with PostgresBackend.open(dsn, schema=schema) as backend:
         await backend.push_many([Job(i) for i in range(6)])
         leased = await backend.claim("default", owner="w", limit=3, lease_ttl=30)
@@ -595,13 +595,13 @@ async def _claim_twice_acking_between(
         await locked.wait()
         try:
             nursery.start_soon(claim)  # blocked: in flight
-            while not backend._claims_in_flight:
+            while not backend._rides.claims_in_flight:
                 await trio.lowlevel.checkpoint()
             nursery.start_soon(ack)  # waits for the next claim
-            while not backend._riders:
+            while not backend._rides.waiting:
                 await trio.lowlevel.checkpoint()
             nursery.start_soon(claim)  # carries the acks
-            while backend._riders:
+            while backend._rides.waiting:
                 await trio.lowlevel.checkpoint()
         finally:
             release.set()
@@ -611,16 +611,16 @@ async def test_acks_store_themselves_when_no_claim_follows(dsn: str, schema: str
     async with PostgresBackend.open(dsn, schema=schema) as backend:
         await backend.push_many([Job(i) for i in range(2)])
         leased = await backend.claim("default", owner="w", limit=2, lease_ttl=30)
-        backend._claims_in_flight += 1  # as if a claim were under way, but none follows
+        backend._rides.claims_in_flight += 1  # as if a claim were under way, but none follows
         try:
             before = backend.statistics()
             outcomes = await backend.ack_many(
                 [(t.id, t.ctx.lease.token, None) for t in leased if t.ctx.lease is not None]
             )
         finally:
-            backend._claims_in_flight -= 1
+            backend._rides.claims_in_flight -= 1
         assert outcomes == [None, None]
         stats = backend.statistics()
         assert stats.ack_batches == before.ack_batches + 1
         assert stats.acks_with_claims == before.acks_with_claims
-        assert not backend._riders
+        assert not backend._rides.waiting

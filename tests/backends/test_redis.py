@@ -14,6 +14,7 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -597,3 +598,41 @@ async def test_a_done_record_expires_in_redis_after_its_retention(url: str) -> N
         finally:
             with trio.CancelScope(shield=True):
                 await b.purge()
+
+
+async def test_acks_made_while_a_claim_is_in_flight_ride_on_the_next_claim(
+    backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from turret.backends import _riding
+
+    monkeypatch.setattr(_riding, "ACK_RIDE", 60.0)  # here the next claim always comes
+    await backend.push_many([Job(i) for i in range(6)])
+    leased = await backend.claim("default", owner="w", limit=3, lease_ttl=30)
+    acks = [(t.id, t.ctx.lease.token, None) for t in leased if t.ctx.lease is not None]
+    acks.append((leased[0].id, acks[0][1] + 1000, None))  # a stale token
+    before = backend.statistics()
+    outcomes: list[Any] = []
+
+    async def ack() -> None:
+        outcomes.extend(await backend.ack_many(acks))
+
+    backend._rides.claims_in_flight += 1  # as if another worker's claim were under way
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ack)
+                while not backend._rides.waiting:
+                    await trio.lowlevel.checkpoint()
+                claimed = await backend.claim("default", owner="w", limit=5, lease_ttl=30)
+    finally:
+        backend._rides.claims_in_flight -= 1
+    assert len(claimed) == 3  # the three tasks left
+    assert outcomes[:3] == [None, None, None]
+    assert isinstance(outcomes[3], LeaseLost) and "stale" in str(outcomes[3])
+    stats = backend.statistics()
+    assert stats.acks_with_claims - before.acks_with_claims == 4
+    assert stats.settle_batches == before.settle_batches  # no call stored only acks
+    assert stats.round_trips - before.round_trips == 1
+    for t in leased:
+        info = await backend.get_task(t.id)
+        assert info is not None and info.state is TaskState.DONE
