@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 
 import trio
 
-__all__ = ["raw_trio_sleep_s"]
+__all__ = ["raw_loop", "raw_trio_sleep_s"]
 
 
-async def _sleep_workload(n: int, concurrency: int) -> float:
+async def _sleep() -> None:
+    await trio.sleep(0.01)
+
+
+async def raw_loop(n: int, concurrency: int, work: Callable[[], Awaitable[None]]) -> float:
+    """Seconds for ``n`` items, each awaiting ``work()``, ``concurrency`` at a time."""
     send, recv = trio.open_memory_channel[int](n)
     for i in range(n):
         send.send_nowait(i)
@@ -25,7 +31,7 @@ async def _sleep_workload(n: int, concurrency: int) -> float:
 
     async def handle(item: int) -> None:
         try:
-            await trio.sleep(0.01)
+            await work()
         finally:
             limiter.release_on_behalf_of(item)
 
@@ -39,4 +45,4 @@ async def _sleep_workload(n: int, concurrency: int) -> float:
 
 def raw_trio_sleep_s(runs: int, n: int = 2000, concurrency: int = 100) -> float:
     """The median of ``runs`` runs of the raw loop, in seconds."""
-    return statistics.median(trio.run(_sleep_workload, n, concurrency) for _ in range(runs))
+    return statistics.median(trio.run(raw_loop, n, concurrency, _sleep) for _ in range(runs))

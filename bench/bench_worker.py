@@ -15,6 +15,7 @@ import sys
 import time
 
 import trio
+from _raw import raw_loop
 
 import turret
 from turret.backends import MemoryBackend
@@ -25,24 +26,7 @@ ROUNDS = 9
 
 
 async def raw_trio() -> float:
-    send, recv = trio.open_memory_channel[int](N)
-    for i in range(N):
-        send.send_nowait(i)
-    send.close()
-    limiter = trio.CapacityLimiter(CONCURRENCY)
-
-    async def handle(item: int) -> None:
-        try:
-            await trio.lowlevel.checkpoint()
-        finally:
-            limiter.release_on_behalf_of(item)
-
-    start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        async for item in recv:
-            await limiter.acquire_on_behalf_of(item)
-            nursery.start_soon(handle, item)
-    return N / (time.perf_counter() - start)
+    return N / await raw_loop(N, CONCURRENCY, trio.lowlevel.checkpoint)
 
 
 async def turret_memory() -> float:

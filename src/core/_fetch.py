@@ -33,10 +33,11 @@ __all__ = ["Fetcher"]
 class Slot:
     """One reserved slot's place in the claim queue (made by :meth:`Fetcher.slot`)."""
 
-    __slots__ = ("done", "event", "gone", "probe", "task")
+    __slots__ = ("done", "event", "gather", "gone", "probe", "task")
 
-    def __init__(self, probe: trio.Event | None) -> None:
+    def __init__(self, probe: trio.Event | None, gather: bool) -> None:
         self.probe = probe  # the ramp-up round it was registered in, if any
+        self.gather = gather  # yield once before leading a round (see Fetcher.slot)
         self.task: Task[bytes] | None = None
         self.done = False  # a round has answered it (task may still be None)
         self.event: trio.Event | None = None  # made only if its owner has to wait
@@ -129,9 +130,15 @@ class Fetcher:
             if not self.idle and not self._closed and self._ramp * 4 < self.max_batch:
                 self._start_probe(self._ramp * 4)
 
-    def slot(self) -> Slot:
-        """Register a reserved slot; the next claim round claims a task for it too."""
-        slot = Slot(self._probe)
+    def slot(self, *, gather: bool = False) -> Slot:
+        """Register a reserved slot; the next claim round claims a task for it too.
+
+        ``gather``: the slot is registered by a runner that has just finished a task, in
+        the step that freed it. Should it lead a round, it first yields once, so that
+        the slots freed in the same scheduler batch share its claim (the loop's slots
+        need not: their runners first run a batch after they were registered).
+        """
+        slot = Slot(self._probe, gather)
         if self._probe is not None:
             self._allow -= 1
         self._waiting.append(slot)
@@ -153,6 +160,10 @@ class Fetcher:
                 return slot.task
             if (self._closed or self.context.paused) and self._leave(slot):
                 return None
+            if not self._leading and slot.gather:
+                slot.gather = False
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                continue  # a round led by another slot of the batch may hold it now
             if not self._leading and self._withdraw(slot):
                 self._leading = True
                 try:

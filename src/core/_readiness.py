@@ -37,12 +37,16 @@ class _Reservation:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not permits.take():
             await permits.lot.park()  # woken holding the permit a release handed over
-        cm = owner.inner.ready()
+        await self._enter_inner(owner.inner.ready())
+
+    async def _enter_inner(self, cm: AbstractAsyncContextManager[None]) -> None:
+        """Holding a slot, enter the inner stack's reservation (the slot goes back if
+        that fails)."""
         if cm is not ALWAYS_READY:
             try:
                 await cm.__aenter__()
             except BaseException:
-                permits.release()
+                self.owner.permits.release()
                 raise
             self.inner_cm = cm
 
@@ -71,14 +75,7 @@ class _ReservationNowait(_Reservation):
         permits = owner.permits
         if context._paused or context.stopping or not permits.take():
             raise trio.WouldBlock
-        cm = nowait_reservation(owner.inner)
-        if cm is not ALWAYS_READY:
-            try:
-                await cm.__aenter__()
-            except BaseException:
-                permits.release()
-                raise
-            self.inner_cm = cm
+        await self._enter_inner(nowait_reservation(owner.inner))
 
 
 class Readiness(Service[Task[Any], Any]):

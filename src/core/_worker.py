@@ -6,8 +6,9 @@ gives the reservation back and hands the ack to the settler. While claims come b
 (:attr:`Fetcher.steady <turret.core._fetch.Fetcher.steady>`), a runner then takes its
 next reservation itself, without waiting (``ready_nowait``), and goes on with the next
 task in the same trio task: a busy worker spawns no trio task per task, and a slot that
-frees is claimed for in the step that freed it rather than two scheduler batches later
-(the loop's wake-up, then the new task's first step). A runner that cannot go on (the
+frees is registered in the step that freed it and claimed for one scheduler batch later,
+in one claim with the slots freed beside it, rather than two batches later (the loop's
+wake-up, then the new task's first step). A runner that cannot go on (the
 queue ran dry, a ramp-up is under way, the stack is not ready at once, the worker is
 paused or stopping) ends, and the loop, the only place that *waits* for readiness,
 takes over again. Each task runs in its own copy of the runner's context
@@ -229,7 +230,7 @@ class Worker:
                     await reservation.__aenter__()
                 except trio.WouldBlock:
                     return  # the loop waits for readiness, cancellably
-                slot = fetcher.slot()
+                slot = fetcher.slot(gather=True)
         finally:
             self._runners -= 1
             self._room.unpark()

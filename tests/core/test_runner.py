@@ -135,3 +135,35 @@ async def test_readiness_reserves_without_waiting_or_says_it_would_block() -> No
     with pytest.raises(trio.WouldBlock):
         await readiness.ready_nowait().__aenter__()
     assert readiness.permits.in_use == 0
+
+
+async def test_slots_freed_in_one_scheduler_batch_share_one_claim() -> None:
+    backend = MemoryBackend()
+    await backend.push_many([Job(n) for n in range(1000)])
+    claims: list[int] = []
+    claim = backend.claim
+
+    async def counting_claim(
+        queue: str, *, owner: str, limit: int, lease_ttl: float
+    ) -> list[turret.Task[bytes]]:
+        tasks = await claim(queue, owner=owner, limit=limit, lease_ttl=lease_ttl)
+        claims.append(len(tasks))
+        return tasks
+
+    backend.claim = counting_claim  # type: ignore[method-assign]
+    done = trio.Event()
+    count = 0
+
+    async def handler(n: int) -> None:
+        nonlocal count
+        await trio.lowlevel.checkpoint()
+        count += 1
+        if count == 1000:
+            done.set()
+
+    worker = WorkerBuilder("batch").backend(backend).concurrency(100).build(handler)
+    await worker.run_until(done)
+    assert sum(claims) == 1000
+    # 100 tasks finish in each scheduler batch; their runners claim together (a claim
+    # each would be 1000 claims).
+    assert len(claims) <= 30, claims
