@@ -6,7 +6,12 @@ one whose ``__aenter__`` never waits: it takes the reservation at once or raises
 primitive's ``*_nowait`` method, in trio's style), and so do the worker's own services
 (its task runners take their next reservation this way, see :mod:`turret.core._worker`).
 
-For a service without it, :func:`nowait_reservation` enters ``ready()`` inside a cancel
+A service whose ``ready()`` is its inner service's, unchanged, may say so with a class
+attribute ``forwards_ready = True`` (most of :mod:`turret.layers` do): then
+:func:`nowait_reservation` asks its ``inner`` instead, and the service needs no
+``ready_nowait`` of its own.
+
+For a service without either, :func:`nowait_reservation` enters ``ready()`` inside a cancel
 scope whose deadline is set to the past *after* the scope is entered. trio only expires
 deadlines on its next scheduling tick, so the inner ``ready()`` gets exactly one
 checkpoint to complete (a ``trio.CapacityLimiter`` with a free token completes there)
@@ -67,6 +72,8 @@ def nowait_reservation(service: Any) -> AbstractAsyncContextManager[None]:
         except trio.WouldBlock:
             ...  # not ready now
     """
+    while getattr(type(service), "forwards_ready", False):
+        service = service.inner  # its ready() is its inner's: ask that one
     nowait = getattr(service, "ready_nowait", None)
     if nowait is not None:
         cm: AbstractAsyncContextManager[None] = nowait()

@@ -168,6 +168,7 @@ class MiddlewareService(Service[Req, Res]):
     """The service a :func:`middleware` builds: calls ``fn(req, inner)``, forwards ready()."""
 
     __slots__ = ("fn", "inner")
+    forwards_ready = True  # ready() is inner.ready(): see turret.layers.nowait_reservation
 
     def __init__(
         self, fn: Callable[[Req, Next[Req, Res]], Awaitable[Res]], inner: Service[Req, Res]

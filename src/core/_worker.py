@@ -10,9 +10,10 @@ frees is registered in the step that freed it and claimed for one scheduler batc
 in one claim with the slots freed beside it, rather than two batches later (the loop's
 wake-up, then the new task's first step). A runner that cannot go on (the
 queue ran dry, a ramp-up is under way, the stack is not ready at once, the worker is
-paused or stopping) ends, and the loop, the only place that *waits* for readiness,
-takes over again. Each task runs in its own copy of the runner's context
-(:func:`~._isolate.isolated`).
+paused or stopping, or a layer of the stack neither forwards ``ready()`` unchanged
+(``forwards_ready``) nor offers ``ready_nowait``) ends, and the loop, the only place
+that *waits* for readiness, takes over again. Each task runs in its own copy of the
+runner's context (:func:`~._isolate.isolated`).
 """
 
 from __future__ import annotations
@@ -100,7 +101,11 @@ class Worker:
         self._started = False
         self._loop_scope = trio.CancelScope()
         self._concurrency = concurrency
+        #: Runners go on only over a stack that reserves without waiting natively: a
+        #: generic try (one checkpoint in a cancel scope) would cost more than it saves.
+        self._runners_go_on = _reserves_natively(service.inner)
         self._runners = 0  # each holds at most one reservation
+        self._ended = 0  # runners that have ended, ever
         self._room = trio.lowlevel.ParkingLot()  # the loop, while every runner is live
 
     def __repr__(self) -> str:
@@ -197,11 +202,13 @@ class Worker:
     # --- internals ------------------------------------------------------------------
 
     async def _reserve(self) -> AbstractAsyncContextManager[None]:
-        """The next runner's reservation: at once if the stack is ready. Else, while every
-        runner is live, wait for one to end rather than for readiness: a slot a runner
-        frees goes to that runner, not to the loop (a waiter in the stack would be handed
-        it first); otherwise wait for readiness, as the worker always did."""
-        while True:
+        """The next runner's reservation. Over a stack whose runners go on: at once if
+        the stack is ready; else, while every runner is live, wait for one to end rather
+        than for readiness (a slot a runner frees goes to that runner, not to the loop,
+        which a waiter in the stack would be handed first); else wait for readiness, as
+        the loop always does over other stacks."""
+        while self._runners_go_on:
+            ended = self._ended
             reservation = nowait_reservation(self.service)
             try:
                 await reservation.__aenter__()
@@ -210,10 +217,12 @@ class Worker:
             else:
                 return reservation
             if self._runners < self._concurrency:
-                reservation = self.service.ready()
-                await reservation.__aenter__()
-                return reservation
-            await self._room.park()
+                break
+            if self._ended == ended:  # none ended while we tried: wait for one
+                await self._room.park()
+        reservation = self.service.ready()
+        await reservation.__aenter__()
+        return reservation
 
     async def _runner(self, reservation: AbstractAsyncContextManager[None], slot: Slot) -> None:
         """Run the slot's task, then, while claims come back full, take the next slot
@@ -223,7 +232,12 @@ class Worker:
         try:
             while True:
                 await self._run_one(reservation, slot)
-                if not fetcher.steady or context.stopping or context._paused:
+                if (
+                    not self._runners_go_on
+                    or not fetcher.steady
+                    or context.stopping
+                    or context._paused
+                ):
                     return
                 reservation = nowait_reservation(self.service)
                 try:
@@ -233,6 +247,7 @@ class Worker:
                 slot = fetcher.slot(gather=True)
         finally:
             self._runners -= 1
+            self._ended += 1
             self._room.unpark()
 
     async def _run_one(self, reservation: AbstractAsyncContextManager[None], slot: Slot) -> None:
@@ -297,6 +312,20 @@ class Worker:
                         run.cancel(CANCEL_REQUESTED)
             if self.context._emitter.active:
                 self.context._emitter.emit(ev.Heartbeat(self.name, trio.current_time(), len(runs)))
+
+
+def _reserves_natively(service: Any) -> bool:
+    """True when every service from ``service`` down to the worker's :class:`Readiness`
+    forwards ``ready()`` unchanged (``forwards_ready``) or offers ``ready_nowait``."""
+    while not isinstance(service, Readiness):
+        if not getattr(type(service), "forwards_ready", False) and (
+            getattr(service, "ready_nowait", None) is None
+        ):
+            return False
+        service = getattr(service, "inner", None)
+        if service is None:
+            return False
+    return True
 
 
 def _positive(_inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:

@@ -49,6 +49,7 @@ class CatchPanic(Service[Req, Res]):
     """The service :class:`CatchPanicLayer` builds. Forwards ``ready()``."""
 
     __slots__ = ("inner", "panics", "ready")
+    forwards_ready = True  # ready() is inner.ready(), unchanged
 
     #: The inner service's ``ready``, bound once: readiness is forwarded untouched and
     #: ``ready()`` costs no call of its own.

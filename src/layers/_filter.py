@@ -43,6 +43,7 @@ class Filter(Service[Req, Res]):
     """The service :class:`FilterLayer` builds. Forwards ``ready()``."""
 
     __slots__ = ("inner", "passed", "predicate", "reason", "rejected")
+    forwards_ready = True  # ready() is inner.ready(), unchanged
 
     def __init__(
         self, inner: Service[Req, Res], predicate: Callable[[Req], bool], reason: str

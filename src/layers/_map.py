@@ -31,6 +31,7 @@ class MapArgs(Service[Task[Any], Res]):
     """The service :class:`MapArgsLayer` builds. Forwards ``ready()``."""
 
     __slots__ = ("fn", "inner")
+    forwards_ready = True  # ready() is inner.ready(), unchanged
 
     def __init__(self, inner: Service[Task[Any], Res], fn: Callable[[Any], Any]) -> None:
         self.inner = inner
@@ -67,6 +68,7 @@ class MapResult(Service[Req, Res]):
     """The service :class:`MapResultLayer` builds. Forwards ``ready()``."""
 
     __slots__ = ("fn", "inner")
+    forwards_ready = True  # ready() is inner.ready(), unchanged
 
     def __init__(self, inner: Service[Req, Res], fn: Callable[[Res], Res]) -> None:
         self.inner = inner

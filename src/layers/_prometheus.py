@@ -93,6 +93,7 @@ class Prometheus(Service[Task[Any], Res]):
     """
 
     __slots__ = ("_series", "clock", "families", "inner")
+    forwards_ready = True  # ready() is inner.ready(), unchanged
 
     def __init__(
         self,

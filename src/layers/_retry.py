@@ -204,6 +204,7 @@ class RetryService(Service[Req, Res]):
         "retries",
         "succeeded_after_retry",
     )
+    forwards_ready = True  # ready() is inner.ready(), unchanged
 
     #: The inner service's ``ready``, bound once: readiness is forwarded untouched and
     #: ``ready()`` costs no call of its own.

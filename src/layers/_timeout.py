@@ -44,6 +44,7 @@ class Timeout(Service[Req, Res]):
     """The service :class:`TimeoutLayer` builds; forwards ``ready()`` untimed."""
 
     __slots__ = ("inner", "ready", "seconds")
+    forwards_ready = True  # ready() is inner.ready(), unchanged
 
     #: The inner service's ``ready``, bound once: readiness is forwarded untouched and
     #: ``ready()`` costs no call of its own.

@@ -44,6 +44,7 @@ class Tracing(Service[Task[Any], Res]):
     """
 
     __slots__ = ("_proxy", "inner", "tracer")
+    forwards_ready = True  # ready() is inner.ready(), unchanged
 
     def __init__(self, inner: Service[Task[Any], Res], tracer: Tracer) -> None:
         self.inner = inner

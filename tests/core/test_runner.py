@@ -5,6 +5,8 @@ reservations."""
 from __future__ import annotations
 
 import contextvars
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import pytest
 import trio
@@ -14,8 +16,10 @@ import turret
 from turret import Job, WorkerBuilder
 from turret.backends import MemoryBackend
 from turret.core._isolate import isolated
+from turret.core._nowait import nowait_reservation
 from turret.core._readiness import Readiness, Tracker
 from turret.core._service import service_fn
+from turret.layers import ConcurrencyLimitLayer, TimeoutLayer
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("turret_test_var", default="unset")
 
@@ -167,3 +171,70 @@ async def test_slots_freed_in_one_scheduler_batch_share_one_claim() -> None:
     # 100 tasks finish in each scheduler batch; their runners claim together (a claim
     # each would be 1000 claims).
     assert len(claims) <= 30, claims
+
+
+class _Opaque(turret.Service[turret.Task[Any], Any]):
+    """A user's layer that forwards ready() without saying so."""
+
+    def __init__(self, inner: turret.Service[turret.Task[Any], Any]) -> None:
+        self.inner = inner
+
+    def ready(self) -> AbstractAsyncContextManager[None]:
+        return self.inner.ready()
+
+    async def __call__(self, task: turret.Task[Any], /) -> Any:
+        return await self.inner(task)
+
+
+@pytest.mark.parametrize(
+    ("layer", "go_on"),
+    [
+        (TimeoutLayer(10.0), True),  # forwards_ready: runners go on
+        (ConcurrencyLimitLayer(4), True),  # ready_nowait of its own
+        (turret.layer_fn(_Opaque), False),  # a generic try would cost more than it saves
+    ],
+)
+async def test_runners_go_on_only_over_a_stack_that_reserves_natively(
+    layer: Any, go_on: bool
+) -> None:
+    backend = MemoryBackend()
+    await backend.push_many([Job(n) for n in range(200)])
+    runners = 0
+
+    class CountRunners(trio.abc.Instrument):
+        def task_spawned(self, task: trio.lowlevel.Task) -> None:
+            nonlocal runners
+            runners += task.name.endswith("._runner")
+
+    done = trio.Event()
+    count = 0
+
+    async def handler(n: int) -> None:
+        nonlocal count
+        await trio.lowlevel.checkpoint()
+        count += 1
+        if count == 200:
+            done.set()
+
+    worker = WorkerBuilder("w").backend(backend).layer(layer).concurrency(4).build(handler)
+    trio.lowlevel.add_instrument(instrument := CountRunners())
+    try:
+        await worker.run_until(done)
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    assert backend.statistics().queues["default"].done == 200
+    assert (runners <= 40) is go_on, runners
+
+
+async def test_a_nowait_reservation_passes_through_forwarding_services() -> None:
+    inner = ConcurrencyLimitLayer(1).layer(service_fn(_noop))
+    outer = TimeoutLayer(1.0).layer(inner)
+    held = nowait_reservation(outer)
+    await held.__aenter__()
+    with pytest.raises(trio.WouldBlock):
+        await nowait_reservation(outer).__aenter__()  # inner's one slot is taken
+    await held.__aexit__(None, None, None)
+
+
+async def _noop(_: object) -> None:
+    return None
