@@ -109,7 +109,12 @@ class AckRides:
     def claiming(self, riders: list[Riders]) -> Iterator[None]:
         """Around one claim that carries ``riders``: counted as in flight; if it fails,
         its error is theirs, unless it was cancelled before its call was sent (waiting
-        for a connection): then they are given back and store themselves."""
+        for a connection): then they are given back and store themselves.
+
+        A cancellation between two tries of a call whose first try committed (a
+        connection lost with the reply, then a forced stop) also gives them back: their
+        own store then finds them acked already and reports a ``LeaseLost`` that is
+        not one. Only a forced stop gets there, and the tasks are done either way."""
         self.claims_in_flight += 1
         try:
             yield

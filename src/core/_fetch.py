@@ -81,6 +81,7 @@ class Fetcher:
         self.on_idle = on_idle
         self._waiting: list[Slot] = []
         self._leading = False
+        self._promised: Slot | None = None  # woken to lead the next round, not yet run
         self._closed = False
         # The ramp-up after a wake-up (module docstring); the first round of one slot
         # also starts the first task without waiting for every free slot to be reserved
@@ -164,8 +165,13 @@ class Fetcher:
                 slot.gather = False
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 continue  # a round led by another slot of the batch may hold it now
-            if not self._leading and self._withdraw(slot):
+            if (
+                not self._leading
+                and (self._promised is None or self._promised is slot)
+                and self._withdraw(slot)
+            ):
                 self._leading = True
+                self._promised = None
                 try:
                     return await self._round()
                 finally:
@@ -195,7 +201,7 @@ class Fetcher:
         round that never comes. False if a claim round holds the slot."""
         if not self._withdraw(slot):
             return False
-        if not self._leading:
+        if not self._leading and (self._promised is None or self._promised is slot):
             self._pass_lead()
         return True
 
@@ -208,10 +214,15 @@ class Fetcher:
         return True
 
     def _pass_lead(self) -> None:
-        """Wake a waiting slot to lead the next round (one not yet running leads itself)."""
+        """Wake a waiting slot to lead the next round (one not yet running leads itself).
+
+        Until it has run, no other slot may lead: a slot registered later (a runner back
+        from its task in the same batch) would overtake it, again and again."""
+        self._promised = None
         for slot in self._waiting:
             if slot.event is not None and not slot.event.is_set():
                 slot.event.set()
+                self._promised = slot
                 return
 
     def _answer_waiting(self) -> None:

@@ -66,7 +66,8 @@ async def test_isolated_passes_cancellation_and_children_through(
     assert VAR.get() == "unset"
 
 
-async def test_a_busy_worker_runs_many_tasks_per_runner() -> None:
+async def run_200_counting_runners(builder: WorkerBuilder) -> int:
+    """Run 200 no-op tasks on a fresh memory backend; how many runners were spawned."""
     backend = MemoryBackend()
     await backend.push_many([Job(n) for n in range(200)])
     runners = 0
@@ -86,13 +87,18 @@ async def test_a_busy_worker_runs_many_tasks_per_runner() -> None:
         if count == 200:
             done.set()
 
-    worker = WorkerBuilder("busy").backend(backend).concurrency(4).build(handler)
+    worker = builder.backend(backend).concurrency(4).build(handler)
     trio.lowlevel.add_instrument(instrument := CountRunners())
     try:
         await worker.run_until(done)
     finally:
         trio.lowlevel.remove_instrument(instrument)
     assert backend.statistics().queues["default"].done == 200
+    return runners
+
+
+async def test_a_busy_worker_runs_many_tasks_per_runner() -> None:
+    runners = await run_200_counting_runners(WorkerBuilder("busy"))
     # A trio task per task would be 200 (and more: the claims that found nothing).
     assert 4 <= runners <= 40, runners
 
@@ -197,32 +203,7 @@ class _Opaque(turret.Service[turret.Task[Any], Any]):
 async def test_runners_go_on_only_over_a_stack_that_reserves_natively(
     layer: Any, go_on: bool
 ) -> None:
-    backend = MemoryBackend()
-    await backend.push_many([Job(n) for n in range(200)])
-    runners = 0
-
-    class CountRunners(trio.abc.Instrument):
-        def task_spawned(self, task: trio.lowlevel.Task) -> None:
-            nonlocal runners
-            runners += task.name.endswith("._runner")
-
-    done = trio.Event()
-    count = 0
-
-    async def handler(n: int) -> None:
-        nonlocal count
-        await trio.lowlevel.checkpoint()
-        count += 1
-        if count == 200:
-            done.set()
-
-    worker = WorkerBuilder("w").backend(backend).layer(layer).concurrency(4).build(handler)
-    trio.lowlevel.add_instrument(instrument := CountRunners())
-    try:
-        await worker.run_until(done)
-    finally:
-        trio.lowlevel.remove_instrument(instrument)
-    assert backend.statistics().queues["default"].done == 200
+    runners = await run_200_counting_runners(WorkerBuilder("w").layer(layer))
     assert (runners <= 40) is go_on, runners
 
 
