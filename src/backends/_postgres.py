@@ -46,7 +46,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -777,9 +777,11 @@ class PostgresBackend(Producer):
         riders = self._rides.take(self.max_ack_batch)
         if riders:
             name, query, first = b"turret_claim_acking", self._s(sql.CLAIM_ACKING).encode(), 1
-            ids = [i for r in riders for i in r.ids]
-            tokens = [t for r in riders for t in r.tokens]
-            params += [",".join(ids).encode(), ",".join(map(str, tokens)).encode()]
+            keys = AckRides.keys(riders)
+            params += [
+                ",".join(task_id for task_id, _ in keys).encode(),
+                ",".join(str(token) for _, token in keys).encode(),
+            ]
         else:
             name, query, first = b"turret_claim", self._s(sql.CLAIM).encode(), 0
 
@@ -826,21 +828,31 @@ class PostgresBackend(Producer):
         now: float,
         retried: bool,
     ) -> None:
-        value = res.get_value
-        done = set()
-        for r in range(res.ntuples):
-            if value(r, 0) == b"\x00\x00\x00\x01":
-                task_id = bytes(value(r, 1) or b"").decode()
-                done.add((task_id, int.from_bytes(value(r, 9) or b"", signed=True)))
-        for rider in riders:
-            outcomes: list[LeaseLost | None] = []
-            for key in zip(rider.ids, rider.tokens, strict=True):
-                if key in done:
-                    outcomes.append(None)
-                else:
-                    outcomes.append(await self._lease_error(conn, *key, now, retried, "done"))
-            rider.answer(outcomes)
-            self._ack_count += len(outcomes)
+        # An ack row's id and token are NOT NULL: raw bytes in the binary format.
+        value = cast(Callable[[int, int], bytes], res.get_value)
+        done = {
+            (value(r, 1).decode(), int.from_bytes(value(r, 9), signed=True))
+            for r in range(res.ntuples)
+            if value(r, 0) == b"\x00\x00\x00\x01"
+        }
+        keys = AckRides.keys(riders)
+        failed = await self._refused(conn, ((i, t, now) for i, t in keys), done, retried)
+        AckRides.answer(riders, [failed.get(key) for key in keys])
+        self._ack_count += len(keys)
+
+    async def _refused(
+        self,
+        conn: TrioConnection,
+        acks: Iterable[tuple[str, int, float]],
+        done: set[tuple[str, int]],
+        retried: bool,
+    ) -> dict[tuple[str, int], LeaseLost | None]:
+        """Why each ack (id, token, time) that is not in ``done`` matched no row."""
+        return {
+            (i, t): await self._lease_error(conn, TaskId(i), t, now, retried, "done")
+            for i, t, now in acks
+            if (i, t) not in done
+        }
 
     async def wait_for_work(self, queue: str) -> None:
         if self.listen and self._listener is None and self._nursery is not None:
@@ -1004,14 +1016,9 @@ class PostgresBackend(Producer):
 
             outcomes = await backend.ack_many([(task.ctx.id, task.ctx.lease.token, None)])
         """
-        if (
-            self._rides.claims_in_flight
-            and len(acks) <= self.max_ack_batch
-            and all(result is None for _, _, result in acks)
-        ):
-            rode = await self._rides.ride([i for i, _, _ in acks], [t for _, t, _ in acks])
-            if rode is not None:
-                return rode
+        rode = await self._rides.ride(acks, self.max_ack_batch)
+        if rode is not None:
+            return rode
         now = self.now()
         expires = None if self.result_ttl is None else now + self.result_ttl
         outcomes: list[LeaseLost | None] = []
@@ -1073,13 +1080,7 @@ class PostgresBackend(Producer):
             conn: TrioConnection, retried: bool
         ) -> dict[tuple[str, int], LeaseLost | None]:
             done = await store(conn)
-            if len(done) == len(ids):
-                return {}
-            return {
-                (i, t): await self._lease_error(conn, i, t, now, retried, "done")
-                for i, t, now in zip(ids, tokens, nows, strict=True)
-                if (i, t) not in done
-            }
+            return await self._refused(conn, zip(ids, tokens, nows, strict=True), done, retried)
 
         failed = await self._run(flush)
         self._ack_batches += 1

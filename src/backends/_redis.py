@@ -946,16 +946,11 @@ class RedisBackend(Producer):
         with self._rides.claiming(riders):
             if riders:  # acks riding on this claim: stored first, in the same call
                 call += self._settle_header()
-                for rider in riders:
-                    for task_id, token in zip(rider.ids, rider.tokens, strict=True):
-                        call += _ack_args(task_id, token, None)
+                for task_id, token in AckRides.keys(riders):
+                    call += _ack_args(task_id, token, None)
                 settled, raw = await self._script("SETTLE_CLAIM", call)
-                for rider in riders:
-                    rider.answer(
-                        [LeaseLost(_s(err)) if err else None for err in settled[: len(rider.ids)]]
-                    )
-                    settled = settled[len(rider.ids) :]
-                    self._settle_count += len(rider.ids)
+                AckRides.answer(riders, [LeaseLost(_s(err)) if err else None for err in settled])
+                self._settle_count += len(settled)
             else:
                 raw = await self._script("CLAIM", call)
         rows = len(raw) - len(raw) % 9
@@ -1013,14 +1008,9 @@ class RedisBackend(Producer):
 
             outcomes = await backend.ack_many([(task.ctx.id, task.ctx.lease.token, None)])
         """
-        if (
-            self._rides.claims_in_flight
-            and len(acks) <= _SETTLE_CHUNK
-            and all(result is None for _, _, result in acks)
-        ):
-            rode = await self._rides.ride([i for i, _, _ in acks], [t for _, t, _ in acks])
-            if rode is not None:
-                return rode
+        rode = await self._rides.ride(acks, _SETTLE_CHUNK)
+        if rode is not None:
+            return rode
         outcomes: list[LeaseLost | None] = []
         for start in range(0, len(acks), _SETTLE_CHUNK):
             chunk = acks[start : start + _SETTLE_CHUNK]

@@ -12,10 +12,9 @@ Example (inside a backend)::
     rides = AckRides()
 
     async def ack_many(self, acks):
-        if rides.claims_in_flight and ...:
-            outcomes = await rides.ride([...ids], [...tokens])
-            if outcomes is not None:
-                return outcomes
+        outcomes = await rides.ride(acks, limit=1000)
+        if outcomes is not None:
+            return outcomes
         ...  # store them alone
 
     async def claim(self, ...):
@@ -26,7 +25,7 @@ Example (inside a backend)::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import trio
@@ -71,10 +70,18 @@ class AckRides:
         #: Acks stored by claims, in all.
         self.carried = 0
 
-    async def ride(self, ids: list[TaskId], tokens: list[int]) -> list[LeaseLost | None] | None:
+    async def ride(
+        self, acks: Sequence[tuple[TaskId, int, bytes | None]], limit: int
+    ) -> list[LeaseLost | None] | None:
         """Wait (at most :data:`ACK_RIDE`) for a claim to store these acks; their
-        outcomes, or ``None`` when no claim took them: the caller stores them itself."""
-        riders = Riders(ids, tokens)
+        outcomes, or ``None`` when they cannot ride (no claim in flight, more than
+        ``limit`` of them, a result to store) or no claim took them in time: the caller
+        stores them itself."""
+        if not self.claims_in_flight or len(acks) > limit:
+            return None
+        if any(result is not None for _, _, result in acks):
+            return None
+        riders = Riders([task_id for task_id, _, _ in acks], [token for _, token, _ in acks])
         self.waiting.append(riders)
         try:
             with trio.move_on_after(ACK_RIDE):
@@ -104,6 +111,19 @@ class AckRides:
             count += len(riders.ids)
             taken.append(riders)
         return taken
+
+    @staticmethod
+    def keys(riders: list[Riders]) -> list[tuple[TaskId, int]]:
+        """The (task id, token) of every ack ``riders`` carry, in order."""
+        return [key for rider in riders for key in zip(rider.ids, rider.tokens, strict=True)]
+
+    @staticmethod
+    def answer(riders: list[Riders], outcomes: list[LeaseLost | None]) -> None:
+        """Hand each of ``riders`` its share of ``outcomes`` (one per key, in order)."""
+        start = 0
+        for rider in riders:
+            rider.answer(outcomes[start : start + len(rider.ids)])
+            start += len(rider.ids)
 
     @contextmanager
     def claiming(self, riders: list[Riders]) -> Iterator[None]:

@@ -27,7 +27,6 @@ from ._backend import Backend
 from ._backoff import Backoff
 from ._context import WorkerContext
 from ._errors import Abort, InvalidPayload, LeaseLost, Retry
-from ._nowait import nowait_reservation
 from ._service import Service
 from ._task import Task, TaskContext
 
@@ -183,6 +182,8 @@ class Acknowledge(Service[Task[bytes], None]):
     without consuming an attempt, shielded, and re-raises.
     """
 
+    forwards_ready = True  # ready() is inner.ready(), unchanged
+
     def __init__(
         self,
         inner: Service[Task[Any], Any],
@@ -203,9 +204,6 @@ class Acknowledge(Service[Task[bytes], None]):
 
     def ready(self) -> AbstractAsyncContextManager[None]:
         return self.inner.ready()
-
-    def ready_nowait(self) -> AbstractAsyncContextManager[None]:
-        return nowait_reservation(self.inner)
 
     def _emit(self, event: ev.Event) -> None:
         self._emitter.emit(event)

@@ -165,11 +165,7 @@ class Fetcher:
                 slot.gather = False
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 continue  # a round led by another slot of the batch may hold it now
-            if (
-                not self._leading
-                and (self._promised is None or self._promised is slot)
-                and self._withdraw(slot)
-            ):
+            if self._may_lead(slot) and self._withdraw(slot):
                 self._leading = True
                 self._promised = None
                 try:
@@ -201,9 +197,13 @@ class Fetcher:
         round that never comes. False if a claim round holds the slot."""
         if not self._withdraw(slot):
             return False
-        if not self._leading and (self._promised is None or self._promised is slot):
+        if self._may_lead(slot):
             self._pass_lead()
         return True
+
+    def _may_lead(self, slot: Slot) -> bool:
+        """No round is in flight, and no other slot has been handed the lead."""
+        return not self._leading and (self._promised is None or self._promised is slot)
 
     def _withdraw(self, slot: Slot) -> bool:
         """Take an unanswered slot out of the queue; False if a claim round holds it."""

@@ -3,7 +3,7 @@
 A service may offer ``ready_nowait()``: like ``ready()``, it returns a reservation, but
 one whose ``__aenter__`` never waits: it takes the reservation at once or raises
 ``trio.WouldBlock``. Every stateful layer in :mod:`turret.layers` offers it (a trio
-primitive's ``*_nowait`` method, in trio's style), and so do the worker's own services
+primitive's ``*_nowait`` method, in trio's style), and so does the worker's Readiness
 (its task runners take their next reservation this way, see :mod:`turret.core._worker`).
 
 A service whose ``ready()`` is its inner service's, unchanged, may say so with a class

@@ -109,6 +109,7 @@ class Tracker(Service[Task[Any], Any]):
     """Counts the tasks inside the handler, for ``WorkerContext.in_flight``. Forwards ready()."""
 
     __slots__ = ("context", "inner")
+    forwards_ready = True  # ready() is inner.ready(), unchanged
 
     def __init__(self, inner: Service[Task[Any], Any], context: WorkerContext) -> None:
         self.inner = inner
@@ -116,9 +117,6 @@ class Tracker(Service[Task[Any], Any]):
 
     def ready(self) -> AbstractAsyncContextManager[None]:
         return self.inner.ready()
-
-    def ready_nowait(self) -> AbstractAsyncContextManager[None]:
-        return nowait_reservation(self.inner)
 
     async def __call__(self, task: Task[Any], /) -> Any:
         ctx = self.context

@@ -209,13 +209,9 @@ class Worker:
         the loop always does over other stacks."""
         while self._runners_go_on:
             ended = self._ended
-            reservation = nowait_reservation(self.service)
-            try:
-                await reservation.__aenter__()
-            except trio.WouldBlock:
-                pass
-            else:
-                return reservation
+            held = await self._reserve_nowait()
+            if held is not None:
+                return held
             if self._runners < self._concurrency:
                 break
             if self._ended == ended:  # none ended while we tried: wait for one
@@ -224,26 +220,30 @@ class Worker:
         await reservation.__aenter__()
         return reservation
 
+    async def _reserve_nowait(self) -> AbstractAsyncContextManager[None] | None:
+        """The stack's reservation, entered, if it can be had without waiting."""
+        reservation = nowait_reservation(self.service)
+        try:
+            await reservation.__aenter__()
+        except trio.WouldBlock:
+            return None
+        return reservation
+
     async def _runner(self, reservation: AbstractAsyncContextManager[None], slot: Slot) -> None:
         """Run the slot's task, then, while claims come back full, take the next slot
         without waiting and run its task too (module docstring)."""
         fetcher = self._fetcher
-        context = self.context
         try:
             while True:
                 await self._run_one(reservation, slot)
-                if (
-                    not self._runners_go_on
-                    or not fetcher.steady
-                    or context.stopping
-                    or context._paused
-                ):
+                # A stop closes the fetcher (not steady); a paused worker's Readiness
+                # refuses a reservation without waiting.
+                if not (self._runners_go_on and fetcher.steady):
                     return
-                reservation = nowait_reservation(self.service)
-                try:
-                    await reservation.__aenter__()
-                except trio.WouldBlock:
+                held = await self._reserve_nowait()
+                if held is None:
                     return  # the loop waits for readiness, cancellably
+                reservation = held
                 slot = fetcher.slot(gather=True)
         finally:
             self._runners -= 1

@@ -5,6 +5,7 @@ reservations."""
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -66,6 +67,21 @@ async def test_isolated_passes_cancellation_and_children_through(
     assert VAR.get() == "unset"
 
 
+def no_ops_until(n: int) -> tuple[Callable[[int], Awaitable[None]], trio.Event]:
+    """A no-op handler (one checkpoint), and an event set once it has run ``n`` times."""
+    done = trio.Event()
+    count = 0
+
+    async def handler(_: int) -> None:
+        nonlocal count
+        await trio.lowlevel.checkpoint()
+        count += 1
+        if count == n:
+            done.set()
+
+    return handler, done
+
+
 async def run_200_counting_runners(builder: WorkerBuilder) -> int:
     """Run 200 no-op tasks on a fresh memory backend; how many runners were spawned."""
     backend = MemoryBackend()
@@ -77,16 +93,7 @@ async def run_200_counting_runners(builder: WorkerBuilder) -> int:
             nonlocal runners
             runners += task.name.endswith("._runner")
 
-    done = trio.Event()
-    count = 0
-
-    async def handler(n: int) -> None:
-        nonlocal count
-        await trio.lowlevel.checkpoint()
-        count += 1
-        if count == 200:
-            done.set()
-
+    handler, done = no_ops_until(200)
     worker = builder.backend(backend).concurrency(4).build(handler)
     trio.lowlevel.add_instrument(instrument := CountRunners())
     try:
@@ -161,16 +168,7 @@ async def test_slots_freed_in_one_scheduler_batch_share_one_claim() -> None:
         return tasks
 
     backend.claim = counting_claim  # type: ignore[method-assign]
-    done = trio.Event()
-    count = 0
-
-    async def handler(n: int) -> None:
-        nonlocal count
-        await trio.lowlevel.checkpoint()
-        count += 1
-        if count == 1000:
-            done.set()
-
+    handler, done = no_ops_until(1000)
     worker = WorkerBuilder("batch").backend(backend).concurrency(100).build(handler)
     await worker.run_until(done)
     assert sum(claims) == 1000
