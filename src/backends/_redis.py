@@ -34,6 +34,7 @@ from ..core._errors import LeaseLost
 from ..core._task import Lease, Task, TaskContext, TaskId
 from . import _redis_lua as lua
 from ._producer import Producer
+from ._redis_conn import Pending, RespConnection
 from ._riding import AckRides
 
 __all__ = ["DEFAULT_REDIS_URL", "RedisBackend", "RedisStatistics", "redact_url"]
@@ -70,6 +71,8 @@ _HOLD = 1.0
 _ROOM_MAX = 4
 #: Longest block of the inbox's BLMPOP (seconds).
 _INBOX_BLOCK = 5.0
+#: A BLMPOP still unanswered this long after it was sent means a dead connection.
+_INBOX_STUCK = _INBOX_BLOCK + 10.0
 
 
 def redact_url(url: str) -> str:
@@ -279,7 +282,7 @@ class RedisBackend(Producer):
         self._pool: coredis.ConnectionPool[Any] | None = None
         self._scripts: dict[str, Script[bytes]] = {}
         # the connection script calls are multiplexed on (see _fast)
-        self._hot: Any = None
+        self._hot: RespConnection | None = None
         self._hot_lock = trio.Lock()
         self._stack: AsyncExitStack | None = None
         # wake-ups: the waits in progress and one generation counter per queue
@@ -305,8 +308,9 @@ class RedisBackend(Producer):
         # and the tasks handed to it that no claim has taken yet
         self._inbox = ""
         self._inbox_running = False  # started with the listener
-        self._inbox_conn: Any = None  # a connection of its own: it blocks in BLMPOP
-        self._inbox_req: Any = None  # the BLMPOP in flight, awaited by the waits
+        self._inbox_conn: RespConnection | None = None  # its own: it blocks in BLMPOP
+        self._inbox_req: Pending | None = None  # the BLMPOP in flight, awaited by the waits
+        self._inbox_sent = 0.0  # when (trio clock) that BLMPOP was sent
         self._inbox_lock = trio.Lock()
         self._draining = False  # closing: no new BLMPOP may take tasks from the inbox
         self._claimed_as: dict[str, tuple[str, float]] = {}  # queue: owner, lease ttl
@@ -392,6 +396,9 @@ class RedisBackend(Producer):
         finally:
             self._client = None
             self._pool = None
+            for conn in (self._hot, self._inbox_conn):
+                if conn is not None:
+                    conn.close()
             self._hot = None
             self._nursery = None
             self._listening = None
@@ -445,11 +452,11 @@ class RedisBackend(Producer):
         return await self._call(lambda: self._fast(name, args))
 
     async def _fast(self, name: str, args: Sequence[str | bytes | int]) -> Any:
-        """One ``EVALSHA`` straight on a held connection of the pool.
+        """One ``EVALSHA`` on the hot connection, which every script call shares.
 
-        coredis's command path (telemetry span, retry policy, a pool checkout behind a
-        lock, response callbacks) costs about as much as the round trip itself; the
-        connection's own ``create_request`` multiplexes concurrent calls just the same.
+        It is a :class:`RespConnection`, driven from its callers' tasks: coredis's
+        command path (a writer task, a reader task, a telemetry span, a pool checkout)
+        costs about as much as the round trip itself.
         """
         conn = self._hot
         if conn is None or not conn.usable:
@@ -457,14 +464,10 @@ class RedisBackend(Producer):
         script = self._scripts[name]
         key = self.prefix + "token"  # routes the call to the prefix's slot
         try:
-            return await conn.create_request(
-                b"EVALSHA", script.sha, 1, key, self.prefix, *args, decode=False
-            )
+            return await conn.send(b"EVALSHA", script.sha, 1, key, self.prefix, *args)
         except coredis.exceptions.NoScriptError:  # Redis restarted, or SCRIPT FLUSH
             await self._redis().script_load(script.script)
-            return await conn.create_request(
-                b"EVALSHA", script.sha, 1, key, self.prefix, *args, decode=False
-            )
+            return await conn.send(b"EVALSHA", script.sha, 1, key, self.prefix, *args)
 
     async def _load_scripts(self) -> None:
         client = self._redis()
@@ -472,7 +475,7 @@ class RedisBackend(Producer):
             for script in self._scripts.values():
                 pipe.script_load(script.script)
 
-    async def _hot_connection(self) -> Any:
+    async def _hot_connection(self) -> RespConnection:
         async with self._hot_lock:
             conn = self._hot
             if conn is not None and conn.usable:
@@ -481,8 +484,11 @@ class RedisBackend(Producer):
             assert pool is not None
             self._hot = None
             if conn is not None:
-                pool.release(conn)
-            conn = await pool.get_connection()
+                conn.close()
+            conn = await RespConnection.connect(pool)
+            if self._pool is not pool:  # closed meanwhile
+                conn.close()
+                raise RuntimeError("the RedisBackend was closed")
             self._hot = conn
             return conn
 
@@ -669,10 +675,7 @@ class RedisBackend(Producer):
         if conn is None or not conn.usable or self._client is None:
             return  # it expires after _REG_TTL; a task handed over meanwhile is kept
         script = self._scripts["UNREGISTER"]
-        with contextlib.suppress(Exception):  # best effort: it expires anyway
-            conn.create_request(
-                b"EVALSHA", script.sha, 1, self.prefix + "token", self.prefix, queue, member
-            )
+        conn.send(b"EVALSHA", script.sha, 1, self.prefix + "token", self.prefix, queue, member)
 
     async def _await_inbox(self) -> None:
         """Wait for the inbox's BLMPOP (sending one if none is in flight) and take what
@@ -703,7 +706,7 @@ class RedisBackend(Producer):
                 return
             self._took(req, reply)
 
-    async def _send_inbox(self) -> Any:
+    async def _send_inbox(self) -> Pending | None:
         async with self._inbox_lock:
             if self._inbox_req is not None:
                 return self._inbox_req
@@ -714,9 +717,9 @@ class RedisBackend(Producer):
             if conn is None or not conn.usable:
                 self._inbox_conn = None
                 if conn is not None:
-                    pool.release(conn)
+                    conn.close()
                 try:
-                    conn = await pool.get_connection()
+                    conn = await RespConnection.connect(pool)
                 except _RETRYABLE as exc:
                     self._reconnects += 1
                     log.warning("redis %s: inbox: %s", self.url, type(exc).__name__)
@@ -725,17 +728,10 @@ class RedisBackend(Producer):
                 self._inbox_conn = conn
             return self._blmpop(conn)
 
-    def _blmpop(self, conn: Any) -> Any:
-        self._inbox_req = conn.create_request(
-            b"BLMPOP",
-            _f(_INBOX_BLOCK),
-            1,
-            self.prefix + "i:" + self._inbox,
-            b"LEFT",
-            b"COUNT",
-            100,
-            decode=False,
-            timeout=_INBOX_BLOCK + 10.0,
+    def _blmpop(self, conn: RespConnection) -> Pending:
+        self._inbox_sent = trio.current_time()
+        self._inbox_req = conn.send(
+            b"BLMPOP", _f(_INBOX_BLOCK), 1, self.prefix + "i:" + self._inbox, b"LEFT", b"COUNT", 100
         )
         return self._inbox_req
 
@@ -758,7 +754,7 @@ class RedisBackend(Producer):
             self._reconnects += 1
             log.warning("redis %s: inbox: %s; reconnecting", self.url, type(exc).__name__)
             if self._inbox_conn is not None:
-                self._inbox_conn.invalidate()
+                self._inbox_conn.close()
 
     def _took(self, req: Any, reply: Any) -> None:
         if self._inbox_req is not req:
@@ -795,6 +791,9 @@ class RedisBackend(Producer):
                 if self._inbox_req is None:
                     await self._send_inbox()
                 now = trio.current_time()
+                if self._inbox_req is not None and now - self._inbox_sent > _INBOX_STUCK:
+                    # No reply long after the BLMPOP's block ended: a silent network.
+                    self._inbox_failed(self._inbox_req, TimeoutError("BLMPOP: no reply"))
                 for queue, entries in list(self._stash.items()):
                     keep = [(until, task) for until, task in entries if until > now]
                     for until, task in entries:

@@ -1,0 +1,203 @@
+"""RespConnection: one Redis connection for many callers, driven from their own tasks.
+
+Against the real server (``redis_kit``); each test uses keys of its own and deletes them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import trio
+
+from .redis_kit import redis_test_url
+
+coredis = pytest.importorskip("coredis")
+
+from turret.backends._redis_conn import Pending, RespConnection  # noqa: E402
+
+
+@pytest.fixture
+def pool() -> coredis.ConnectionPool:
+    name = f"turret-conn-{uuid.uuid4().hex[:8]}"
+    return coredis.ConnectionPool.from_url(redis_test_url(), client_name=name)
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[coredis.Redis[bytes]]:
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_test_url())
+    async with client:
+        yield client
+
+
+@pytest.fixture
+def key() -> str:
+    return f"turret-conn-test:{uuid.uuid4().hex}"
+
+
+async def test_concurrent_callers_each_get_their_own_reply(
+    pool: coredis.ConnectionPool, admin: coredis.Redis[bytes], key: str
+) -> None:
+    conn = await RespConnection.connect(pool)
+    got: dict[int, object] = {}
+
+    async def call(i: int) -> None:
+        got[i] = await conn.send(b"ECHO", f"reply {i}")
+        await conn.send(b"RPUSH", key, i)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(call, i)
+        assert got == {i: f"reply {i}".encode() for i in range(300)}
+        assert sorted(int(x) for x in await admin.lrange(key, 0, -1)) == list(range(300))
+    finally:
+        conn.close()
+        await admin.delete([key])
+
+
+async def test_the_handshake_names_the_connection_and_selects_the_database(
+    admin: coredis.Redis[bytes], key: str
+) -> None:
+    name = f"turret-conn-{uuid.uuid4().hex[:8]}"
+    db7 = urlunsplit(urlsplit(redis_test_url())._replace(path="/7"))
+    conn = await RespConnection.connect(coredis.ConnectionPool.from_url(db7, client_name=name))
+    try:
+        await conn.send(b"SET", key, b"in seven")
+        clients = {int(c["id"]): c for c in await admin.client_list()}
+        assert clients[conn.client_id]["name"] == name
+        assert int(clients[conn.client_id]["db"]) == 7
+    finally:
+        conn.close()
+        seven: coredis.Redis[bytes] = coredis.Redis.from_url(
+            redis_test_url().rsplit("/", 1)[0] + "/7"
+        )
+        async with seven:
+            assert await seven.get(key) == b"in seven"
+            await seven.delete([key])
+
+
+async def test_one_reply_awaited_by_several_tasks_reaches_all_of_them(
+    pool: coredis.ConnectionPool, admin: coredis.Redis[bytes], key: str
+) -> None:
+    conn = await RespConnection.connect(pool)
+    pending = conn.send(b"BLMPOP", 30, 1, key, b"LEFT")
+    got: list[object] = []
+
+    async def wait() -> None:
+        got.append(await pending)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not pending.complete
+            await admin.rpush(key, [b"item"])
+        assert got == [[key.encode(), [b"item"]]] * 3
+        assert await pending == [key.encode(), [b"item"]]  # and again, at once
+    finally:
+        conn.close()
+
+
+async def test_a_reader_cancelled_hands_the_reading_to_the_next_caller(
+    pool: coredis.ConnectionPool, admin: coredis.Redis[bytes], key: str
+) -> None:
+    conn = await RespConnection.connect(pool)
+    blocked = conn.send(b"BLMPOP", 30, 1, key, b"LEFT")
+    try:
+        # A guard, not a wait: without the hand-off nobody reads again, and echo() hangs.
+        with trio.fail_after(10):
+            await _cancel_the_reader(conn, admin, key, blocked)
+        assert blocked.complete
+        assert await blocked == [key.encode(), [b"x"]]
+    finally:
+        conn.close()
+
+
+async def _cancel_the_reader(
+    conn: RespConnection, admin: coredis.Redis[bytes], key: str, blocked: Pending
+) -> None:
+    echoed: list[object] = []
+
+    async def echo() -> None:
+        echoed.append(await conn.send(b"ECHO", b"after"))  # its reply comes second
+
+    async with trio.open_nursery() as nursery:
+        reader = trio.CancelScope()
+        nursery.start_soon(_await_in, reader, blocked)
+        await trio.testing.wait_all_tasks_blocked()  # it reads (the BLMPOP blocks)
+        assert conn._reading
+        nursery.start_soon(echo)
+        await trio.testing.wait_all_tasks_blocked()
+        reader.cancel()  # the reader gives up: echo() must read now
+        await trio.testing.wait_all_tasks_blocked()
+        await admin.rpush(key, [b"x"])
+    assert echoed == [b"after"]
+
+
+async def _await_in(scope: trio.CancelScope, pending: Pending) -> None:
+    with scope:
+        await pending
+
+
+async def test_an_error_reply_raises_and_the_connection_goes_on(
+    pool: coredis.ConnectionPool,
+) -> None:
+    conn = await RespConnection.connect(pool)
+    try:
+        with pytest.raises(coredis.exceptions.NoScriptError):
+            await conn.send(b"EVALSHA", "0" * 40, 0)
+        with pytest.raises(coredis.exceptions.ResponseError, match="wrong number"):
+            await conn.send(b"GET")
+        assert await conn.send(b"PING") == b"PONG"
+        assert conn.usable
+    finally:
+        conn.close()
+
+
+async def test_a_large_command_waits_for_the_socket_and_keeps_its_order(
+    pool: coredis.ConnectionPool, admin: coredis.Redis[bytes], key: str
+) -> None:
+    conn = await RespConnection.connect(pool)
+    big = b"x" * (8 << 20)  # more than a socket's send buffer: part of it waits in order
+    try:
+        first = conn.send(b"SET", key, big)
+        second = conn.send(b"STRLEN", key)
+        assert conn._out  # the rest of SET and all of STRLEN wait for the next caller
+        assert await second == len(big)
+        assert await first == b"OK"
+    finally:
+        conn.close()
+        await admin.delete([key])
+
+
+async def test_a_killed_connection_fails_its_callers_and_says_so(
+    pool: coredis.ConnectionPool, admin: coredis.Redis[bytes], key: str
+) -> None:
+    conn = await RespConnection.connect(pool)
+    blocked = conn.send(b"BLMPOP", 30, 1, key, b"LEFT")
+    failed: list[BaseException] = []
+
+    async def wait() -> None:
+        try:
+            await blocked
+        except coredis.exceptions.ConnectionError as exc:
+            failed.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert await admin.client_kill(identifier=conn.client_id) == 1
+    assert [str(exc) for exc in failed] == ["Redis closed the connection"]
+    assert not conn.usable
+    with pytest.raises(coredis.exceptions.ConnectionError):
+        await conn.send(b"PING")
+
+
+async def test_connecting_nowhere_is_a_connection_error() -> None:
+    pool = coredis.ConnectionPool.from_url("redis://127.0.0.1:1/0")
+    with pytest.raises(coredis.exceptions.ConnectionError, match="cannot connect to Redis"):
+        await RespConnection.connect(pool)
