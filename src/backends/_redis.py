@@ -181,17 +181,19 @@ class _Pool(coredis.ConnectionPool[Any]):
 
 
 class _Wait:
-    """One wait_for_work in progress: a wake-up cancels its scope."""
+    """One wait_for_work in progress: a wake-up cancels its scope (unless the waiting
+    task wakes itself, reading the inbox: it looks at ``woken`` before waiting again)."""
 
-    __slots__ = ("scope", "woken")
+    __slots__ = ("scope", "task", "woken")
 
     def __init__(self) -> None:
         self.scope: trio.CancelScope | None = None
+        self.task = trio.lowlevel.current_task()
         self.woken = False
 
     def wake(self) -> None:
         self.woken = True
-        if self.scope is not None:
+        if self.scope is not None and trio.lowlevel.current_task() is not self.task:
             self.scope.cancel()
 
 

@@ -48,6 +48,8 @@ Lua numbers into arguments with ``%.17g`` (exact), and ``fmt`` below does the sa
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "CANCEL",
     "CLAIM",
@@ -199,13 +201,32 @@ local function promote(q, nows)
 end
 """
 
+
+def _with_prelude(body: str) -> str:
+    """``body`` after the definitions of PRELUDE it uses (directly or through another):
+    Lua creates every local function of a script on each call, about 1 us apiece."""
+    keep: list[str] = []
+    used = body
+    for names, chunk in reversed(_DEFINITIONS):
+        if any(re.search(rf"\b{name}\b", used) for name in names):
+            keep.append(chunk)
+            used += chunk
+    return "".join(reversed(keep)) + body
+
+
+# PRELUDE's paragraphs, in order, with the names each defines: a paragraph uses only
+# names defined before it.
+_DEFINITIONS = [
+    (re.findall(r"^local (?:function )?(\w+)", chunk, re.MULTILINE), chunk + "\n")
+    for chunk in PRELUDE.strip("\n").split("\n\n")
+]
+
 # ARGV: P, now, then 10 per job: id, queue, args, priority, max_attempts, headers,
 # unique ("" or "k:<key>"), run_at, order, due ("1" pending, "0" scheduled).
 # Returns the ids (an existing live task's id for a taken unique key). A retried push
 # (same ids) is a no-op: pushes are idempotent.
-PUSH = (
-    PRELUDE
-    + r"""
+PUSH = _with_prelude(
+    r"""
 local now = ARGV[2]
 local nowf = tonumber(now)
 local out = {}
@@ -308,9 +329,7 @@ return out
 # go idle without another round trip. The call's leases are remembered under its nonce
 # for a minute: a call retried after a lost reply gets the same tasks back (those still
 # leased to it, without the trailing value) instead of leaving them leased to nobody.
-CLAIM = (
-    PRELUDE
-    + r"""
+_CLAIM_BODY = r"""
 local q, owner, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local nows, deadline = ARGV[5], ARGV[6]
 local now = tonumber(nows)
@@ -390,16 +409,15 @@ elseif waiter ~= '' then
 end
 return out
 """
-)
+CLAIM = _with_prelude(_CLAIM_BODY)
 
 # ARGV: P, queue, now, waiter, expiry, previous waiter ("" none), room (tasks it can
 # take). Registers ``waiter`` for a handoff unless work is due already (or the queue is
 # paused), atomically with
 # that check: a push after it either hands its task over or wakes the stream. Returns
 # NEXT_DUE's answer and 1 when registered, 0 when not.
-REGISTER = (
-    PRELUDE
-    + r"""
+REGISTER = _with_prelude(
+    r"""
 local q, nows, waiter, old = ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 if old ~= '' then waiter_del(q, old) end
 local due = next_due(q)
@@ -416,9 +434,8 @@ return {due, 1}
 
 # ARGV: P, inbox, then pairs queue, waiter. Removes the registrations and empties the
 # inbox; returns what it held (``handoff_item`` strings), for the caller to release.
-DRAIN = (
-    PRELUDE
-    + r"""
+DRAIN = _with_prelude(
+    r"""
 for i = 3, #ARGV, 2 do waiter_del(ARGV[i], ARGV[i + 1]) end
 local ik = P .. 'i:' .. ARGV[2]
 local items = redis.call('LRANGE', ik, 0, -1)
@@ -428,9 +445,8 @@ return items
 )
 
 # ARGV: P, queue, waiter. Removes one registration (a waiter that stopped waiting).
-UNREGISTER = (
-    PRELUDE
-    + r"""
+UNREGISTER = _with_prelude(
+    r"""
 waiter_del(ARGV[2], ARGV[3])
 return 1
 """
@@ -443,9 +459,7 @@ return 1
 # Returns one string per op: "" when done, else why the lease was refused. The nonce
 # (unique per call, kept when the call is retried after a lost reply) makes a retried
 # call see its own earlier outcome, while a second settle with the same token is refused.
-SETTLE = (
-    PRELUDE
-    + r"""
+_SETTLE_BODY = r"""
 local nows, ttl, keep, aging, nonce = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local forget = ARGV[7]
 local now = tonumber(nows)
@@ -537,13 +551,12 @@ end
 publish()
 return out
 """
-)
+SETTLE = _with_prelude(_SETTLE_BODY)
 
 # ARGV: P, now, deadline, then pairs id, token. Returns 1 renewed, 0 lost, 2 cancel
 # requested, per lease.
-RENEW = (
-    PRELUDE
-    + r"""
+RENEW = _with_prelude(
+    r"""
 local now, deadline = tonumber(ARGV[2]), ARGV[3]
 local out = {}
 for i = 4, #ARGV, 2 do
@@ -563,9 +576,8 @@ return out
 )
 
 # ARGV: P, id, reason. Returns 1 when cancelled or cancel-requested, 0 otherwise.
-CANCEL = (
-    PRELUDE
-    + r"""
+CANCEL = _with_prelude(
+    r"""
 local id, reason = ARGV[2], ARGV[3]
 local tk = tkey(id)
 local f = redis.call('HMGET', tk, 's', 'q', 'u')
@@ -582,9 +594,8 @@ return 1
 )
 
 # ARGV: P, now, max_lost. Reclaims expired leases of every queue; returns how many.
-RECLAIM = (
-    PRELUDE
-    + r"""
+RECLAIM = _with_prelude(
+    r"""
 local nows = ARGV[2]
 local n = 0
 for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
@@ -596,9 +607,8 @@ return n
 )
 
 # ARGV: P, now, run_at, aging, ids... Returns the ids replayed.
-REPLAY = (
-    PRELUDE
-    + r"""
+REPLAY = _with_prelude(
+    r"""
 local now, run_at_s, aging = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local run_at = tonumber(run_at_s)
 local out = {}
@@ -626,9 +636,8 @@ return out
 
 # ARGV: P, now. Returns 8 values per queue: name, pending, scheduled, leased, done (the
 # done tasks not yet forgotten), dead, paused, reclaimed.
-STATS = (
-    PRELUDE
-    + r"""
+STATS = _with_prelude(
+    r"""
 local out = {}
 for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
   local c = redis.call('HMGET', qkey(q, 'stats'), 'reclaimed')
@@ -648,9 +657,8 @@ return out
 
 # ARGV: P, now. Drops the done tasks forgotten by now from every queue's done count;
 # returns how many.
-PRUNE = (
-    PRELUDE
-    + r"""
+PRUNE = _with_prelude(
+    r"""
 local n = 0
 for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
   n = n + redis.call('ZREMRANGEBYSCORE', qkey(q, 'done'), '-inf', ARGV[2])
@@ -661,17 +669,15 @@ return n
 
 # ARGV: P, queue. Returns "" when nothing is due later (or paused), else the earliest
 # of the first scheduled run_at and the first lease deadline.
-NEXT_DUE = (
-    PRELUDE
-    + r"""
+NEXT_DUE = _with_prelude(
+    r"""
 return next_due(ARGV[2])
 """
 )
 
 # ARGV: P, queue, limit. Returns id then HGETALL pairs (flattened, length-prefixed).
-DEAD_LETTERS = (
-    PRELUDE
-    + r"""
+DEAD_LETTERS = _with_prelude(
+    r"""
 local ids = redis.call('ZRANGE', qkey(ARGV[2], 'dead'), 0, tonumber(ARGV[3]) - 1)
 local out = {}
 for _, id in ipairs(ids) do
@@ -685,22 +691,16 @@ return out
 )
 
 
-def _body(script: str) -> str:
-    assert script.startswith(PRELUDE)
-    return script[len(PRELUDE) :]
-
-
 # ARGV: P, the CLAIM call's arguments (2-12), then the SETTLE call's from its second on
 # (its header and its ops; P is shared). Stores the acks that rode on this claim
 # (``turret.backends._riding``), then claims: one script call for both. Returns two
 # arrays: SETTLE's answer, then CLAIM's. Each half keeps its own nonce, so a call
 # retried after a lost reply gives both halves' first outcomes again.
-SETTLE_CLAIM = (
-    PRELUDE
-    + "local function settle_part(ARGV)\n"
-    + _body(SETTLE)
+SETTLE_CLAIM = _with_prelude(
+    "local function settle_part(ARGV)\n"
+    + _SETTLE_BODY
     + "\nend\nlocal function claim_part(ARGV)\n"
-    + _body(CLAIM)
+    + _CLAIM_BODY
     + r"""
 end
 local cargv, sargv = {}, {ARGV[1]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import subprocess
 import sys
 import traceback
@@ -636,3 +637,20 @@ async def test_acks_made_while_a_claim_is_in_flight_ride_on_the_next_claim(
     for t in leased:
         info = await backend.get_task(t.id)
         assert info is not None and info.state is TaskState.DONE
+
+
+def test_each_script_defines_the_prelude_it_uses_and_no_more() -> None:
+    # Lua creates every local function of a script on each call: a script carries only
+    # the PRELUDE definitions it calls, directly or through another.
+    from turret.backends import _redis_lua as lua
+
+    defined_in_prelude = {name for names, _ in lua._DEFINITIONS for name in names}
+    always = set(lua._DEFINITIONS[0][0])  # P, tkey, qkey, fmt: one paragraph
+    for name in lua.__all__:
+        script: str = getattr(lua, name)
+        defined = set(re.findall(r"^local function (\w+)", script, re.MULTILINE))
+        called = set(re.findall(r"(?<!function )\b(\w+)\(", script)) & defined_in_prelude
+        assert called <= defined, (name, called - defined)
+        unused = {f for f in defined & defined_in_prelude if f not in called} - always
+        assert not unused, (name, unused)
+    assert "reclaim_queue" not in lua.PUSH
