@@ -266,8 +266,8 @@ class RedisBackend(Producer):
             raise ValueError(f"reconnect_timeout must be >= 0 seconds, got {reconnect_timeout}")
         if max_connections < 4:
             raise ValueError(
-                "max_connections must be >= 4 (the wake-up listener, the inbox and the "
-                f"connection script calls share each hold one), got {max_connections}"
+                "max_connections must be >= 4 (coredis's pool: the wake-up listener holds "
+                f"one, pipelined pushes and the rare calls share the rest), got {max_connections}"
             )
         self._url = url or os.environ.get("TURRET_REDIS_URL") or DEFAULT_REDIS_URL
         self.prefix = prefix
