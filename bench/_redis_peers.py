@@ -79,6 +79,23 @@ def claim_db(url: str) -> None:
         client.close()
 
 
+def quiet(url: str) -> None:
+    """Before the latency workload: wait until Redis has freed what earlier workloads
+    deleted (``UNLINK`` frees large values in a background thread), then half a second
+    more; ``bench_redis.py`` does the same for turret."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for _ in range(500):
+            if int(client.info("memory")["lazyfree_pending_objects"]) == 0:
+                break
+            time.sleep(0.01)
+    finally:
+        client.close()
+    time.sleep(0.5)
+
+
 def clean_db(url: str) -> None:
     """UNLINK every key but the marker (SCAN, batches of 500)."""
     import redis
@@ -241,6 +258,8 @@ class AsyncPeer:
                 if label not in WORKLOADS:
                     continue
                 log(f"{self.name}: {label}")
+                if label == "latency":
+                    quiet(self.url)
                 try:
                     await step()
                 except Exception as exc:  # report and go on with the next workload
@@ -546,6 +565,8 @@ def run_dramatiq(url: str) -> dict[str, Any]:
         if label not in WORKLOADS:
             continue
         log(f"dramatiq: {label}")
+        if label == "latency":
+            quiet(url)
         try:
             step()
         except Exception as exc:
