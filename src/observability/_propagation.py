@@ -39,15 +39,15 @@ _producer_provider: TracerProvider | None = None
 
 
 def _api() -> Any:
-    """``(trace, propagate)`` modules, or None when opentelemetry-api is not installed."""
+    """``(trace, propagate, context)`` modules, or None without opentelemetry-api."""
     global _otel
     if _otel is _UNRESOLVED:
         try:
-            from opentelemetry import propagate, trace
+            from opentelemetry import context, propagate, trace
         except ImportError:
             _otel = None
         else:
-            _otel = (trace, propagate)
+            _otel = (trace, propagate, context)
     return _otel
 
 
@@ -149,14 +149,15 @@ def traced_send(jobs: Sequence[Job]) -> Iterator[Sequence[Job]]:
     if api is None or not jobs:
         yield jobs
         return
-    trace, propagate = api
+    trace, propagate, otel_context = api
     if _producer_provider is None and isinstance(
         trace.get_tracer_provider(), trace.ProxyTracerProvider
     ):
         # No SDK: the span would not record, and would only carry the caller's context
-        # (if any) on; inject that directly, for a fraction of the cost.
+        # (if any: an empty one has no span and no baggage) on; inject it directly.
         carrier: dict[str, str] = {}
-        propagate.inject(carrier)
+        if otel_context.get_current():
+            propagate.inject(carrier)
         yield [_with_headers(job, carrier) for job in jobs] if carrier else jobs
         return
     queues = {job.queue for job in jobs}

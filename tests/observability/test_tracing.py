@@ -152,3 +152,19 @@ def test_error_type_names() -> None:
     assert error_type(ValueError()) == "ValueError"
     assert error_type(turret.Abort("x")) == "turret.Abort"
     assert error_type(trio.TooSlowError()) == "trio.TooSlowError"
+
+
+async def test_push_without_sdk_carries_the_callers_baggage() -> None:
+    # no tracer configured: no span is made, yet what the caller's context holds goes on
+    from opentelemetry import baggage, context
+
+    backend = MemoryBackend()
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        task_id = await backend.push(1)
+    finally:
+        context.detach(token)
+    info = await backend.get_task(task_id)
+    assert info is not None
+    assert info.headers.get("baggage") == "tenant=acme"
+    assert "traceparent" not in info.headers
