@@ -6,7 +6,7 @@ Against the real server (``redis_kit``); each test uses keys of its own and dele
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -26,6 +26,15 @@ def pool() -> coredis.ConnectionPool:
 
 
 @pytest.fixture
+async def conn(pool: coredis.ConnectionPool) -> AsyncIterator[RespConnection]:
+    connection = await RespConnection.connect(pool)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+@pytest.fixture
 async def admin() -> AsyncIterator[coredis.Redis[bytes]]:
     client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_test_url())
     async with client:
@@ -33,29 +42,26 @@ async def admin() -> AsyncIterator[coredis.Redis[bytes]]:
 
 
 @pytest.fixture
-def key() -> str:
-    return f"turret-conn-test:{uuid.uuid4().hex}"
+async def key(admin: coredis.Redis[bytes]) -> AsyncIterator[str]:
+    name = f"turret-conn-test:{uuid.uuid4().hex}"
+    yield name
+    await admin.delete([name])
 
 
 async def test_concurrent_callers_each_get_their_own_reply(
-    pool: coredis.ConnectionPool, admin: coredis.Redis[bytes], key: str
+    conn: RespConnection, admin: coredis.Redis[bytes], key: str
 ) -> None:
-    conn = await RespConnection.connect(pool)
     got: dict[int, object] = {}
 
     async def call(i: int) -> None:
         got[i] = await conn.send(b"ECHO", f"reply {i}")
         await conn.send(b"RPUSH", key, i)
 
-    try:
-        async with trio.open_nursery() as nursery:
-            for i in range(300):
-                nursery.start_soon(call, i)
-        assert got == {i: f"reply {i}".encode() for i in range(300)}
-        assert sorted(int(x) for x in await admin.lrange(key, 0, -1)) == list(range(300))
-    finally:
-        conn.close()
-        await admin.delete([key])
+    async with trio.open_nursery() as nursery:
+        for i in range(300):
+            nursery.start_soon(call, i)
+    assert got == {i: f"reply {i}".encode() for i in range(300)}
+    assert sorted(int(x) for x in await admin.lrange(key, 0, -1)) == list(range(300))
 
 
 async def test_the_handshake_names_the_connection_and_selects_the_database(
@@ -71,126 +77,72 @@ async def test_the_handshake_names_the_connection_and_selects_the_database(
         assert int(clients[conn.client_id]["db"]) == 7
     finally:
         conn.close()
-        seven: coredis.Redis[bytes] = coredis.Redis.from_url(
-            redis_test_url().rsplit("/", 1)[0] + "/7"
-        )
+        seven: coredis.Redis[bytes] = coredis.Redis.from_url(db7)
         async with seven:
             assert await seven.get(key) == b"in seven"
             await seven.delete([key])
 
 
 async def test_one_reply_awaited_by_several_tasks_reaches_all_of_them(
-    pool: coredis.ConnectionPool, admin: coredis.Redis[bytes], key: str
+    conn: RespConnection, admin: coredis.Redis[bytes], key: str
 ) -> None:
-    conn = await RespConnection.connect(pool)
     pending = conn.send(b"BLMPOP", 30, 1, key, b"LEFT")
-    got: list[object] = []
-
-    async def wait() -> None:
-        got.append(await pending)
-
-    try:
-        async with trio.open_nursery() as nursery:
-            for _ in range(3):
-                nursery.start_soon(wait)
-            await trio.testing.wait_all_tasks_blocked()
-            assert not pending.complete
-            await admin.rpush(key, [b"item"])
-        assert got == [[key.encode(), [b"item"]]] * 3
-        assert await pending == [key.encode(), [b"item"]]  # and again, at once
-    finally:
-        conn.close()
+    got = await _await_blocked(pending, 3, lambda: admin.rpush(key, [b"item"]))
+    assert got == [[key.encode(), [b"item"]]] * 3
+    assert await pending == [key.encode(), [b"item"]]  # and again, at once
 
 
 async def test_a_reader_cancelled_hands_the_reading_to_the_next_caller(
-    pool: coredis.ConnectionPool, admin: coredis.Redis[bytes], key: str
+    conn: RespConnection, admin: coredis.Redis[bytes], key: str
 ) -> None:
-    conn = await RespConnection.connect(pool)
     blocked = conn.send(b"BLMPOP", 30, 1, key, b"LEFT")
-    try:
-        # A guard, not a wait: without the hand-off nobody reads again, and echo() hangs.
-        with trio.fail_after(10):
-            await _cancel_the_reader(conn, admin, key, blocked)
-        assert blocked.complete
-        assert await blocked == [key.encode(), [b"x"]]
-    finally:
-        conn.close()
-
-
-async def _cancel_the_reader(
-    conn: RespConnection, admin: coredis.Redis[bytes], key: str, blocked: Pending
-) -> None:
     echoed: list[object] = []
 
     async def echo() -> None:
         echoed.append(await conn.send(b"ECHO", b"after"))  # its reply comes second
 
-    async with trio.open_nursery() as nursery:
-        reader = trio.CancelScope()
-        nursery.start_soon(_await_in, reader, blocked)
-        await trio.testing.wait_all_tasks_blocked()  # it reads (the BLMPOP blocks)
-        assert conn._reading
-        nursery.start_soon(echo)
-        await trio.testing.wait_all_tasks_blocked()
-        reader.cancel()  # the reader gives up: echo() must read now
-        await trio.testing.wait_all_tasks_blocked()
-        await admin.rpush(key, [b"x"])
+    # A guard, not a wait: without the hand-off nobody reads again, and echo() hangs.
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            reader = trio.CancelScope()
+            nursery.start_soon(_await_in, reader, blocked)
+            await trio.testing.wait_all_tasks_blocked()  # it reads (the BLMPOP blocks)
+            assert conn._reading
+            nursery.start_soon(echo)
+            await trio.testing.wait_all_tasks_blocked()
+            reader.cancel()  # the reader gives up: echo() must read now
+            await trio.testing.wait_all_tasks_blocked()
+            await admin.rpush(key, [b"x"])
     assert echoed == [b"after"]
+    assert blocked.complete
+    assert await blocked == [key.encode(), [b"x"]]
 
 
-async def _await_in(scope: trio.CancelScope, pending: Pending) -> None:
-    with scope:
-        await pending
-
-
-async def test_an_error_reply_raises_and_the_connection_goes_on(
-    pool: coredis.ConnectionPool,
-) -> None:
-    conn = await RespConnection.connect(pool)
-    try:
-        with pytest.raises(coredis.exceptions.NoScriptError):
-            await conn.send(b"EVALSHA", "0" * 40, 0)
-        with pytest.raises(coredis.exceptions.ResponseError, match="wrong number"):
-            await conn.send(b"GET")
-        assert await conn.send(b"PING") == b"PONG"
-        assert conn.usable
-    finally:
-        conn.close()
+async def test_an_error_reply_raises_and_the_connection_goes_on(conn: RespConnection) -> None:
+    with pytest.raises(coredis.exceptions.NoScriptError):
+        await conn.send(b"EVALSHA", "0" * 40, 0)
+    with pytest.raises(coredis.exceptions.ResponseError, match="wrong number"):
+        await conn.send(b"GET")
+    assert await conn.send(b"PING") == b"PONG"
+    assert conn.usable
 
 
 async def test_a_large_command_waits_for_the_socket_and_keeps_its_order(
-    pool: coredis.ConnectionPool, admin: coredis.Redis[bytes], key: str
+    conn: RespConnection, key: str
 ) -> None:
-    conn = await RespConnection.connect(pool)
     big = b"x" * (8 << 20)  # more than a socket's send buffer: part of it waits in order
-    try:
-        first = conn.send(b"SET", key, big)
-        second = conn.send(b"STRLEN", key)
-        assert conn._out  # the rest of SET and all of STRLEN wait for the next caller
-        assert await second == len(big)
-        assert await first == b"OK"
-    finally:
-        conn.close()
-        await admin.delete([key])
+    first = conn.send(b"SET", key, big)
+    second = conn.send(b"STRLEN", key)
+    assert conn._out  # the rest of SET and all of STRLEN wait for the next caller
+    assert await second == len(big)
+    assert await first == b"OK"
 
 
 async def test_a_killed_connection_fails_its_callers_and_says_so(
-    pool: coredis.ConnectionPool, admin: coredis.Redis[bytes], key: str
+    conn: RespConnection, admin: coredis.Redis[bytes], key: str
 ) -> None:
-    conn = await RespConnection.connect(pool)
     blocked = conn.send(b"BLMPOP", 30, 1, key, b"LEFT")
-    failed: list[BaseException] = []
-
-    async def wait() -> None:
-        try:
-            await blocked
-        except coredis.exceptions.ConnectionError as exc:
-            failed.append(exc)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait)
-        await trio.testing.wait_all_tasks_blocked()
-        assert await admin.client_kill(identifier=conn.client_id) == 1
+    failed = await _await_blocked(blocked, 1, lambda: admin.client_kill(identifier=conn.client_id))
     assert [str(exc) for exc in failed] == ["Redis closed the connection"]
     assert not conn.usable
     with pytest.raises(coredis.exceptions.ConnectionError):
@@ -201,3 +153,30 @@ async def test_connecting_nowhere_is_a_connection_error() -> None:
     pool = coredis.ConnectionPool.from_url("redis://127.0.0.1:1/0")
     with pytest.raises(coredis.exceptions.ConnectionError, match="cannot connect to Redis"):
         await RespConnection.connect(pool)
+
+
+async def _await_blocked(
+    pending: Pending, awaiters: int, release: Callable[[], Awaitable[object]]
+) -> list[object]:
+    """Await ``pending`` in ``awaiters`` tasks and, once they all wait, ``release()``;
+    what each got: the reply, or the ConnectionError it raised."""
+    got: list[object] = []
+
+    async def wait() -> None:
+        try:
+            got.append(await pending)
+        except coredis.exceptions.ConnectionError as exc:
+            got.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(awaiters):
+            nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not pending.complete
+        await release()
+    return got
+
+
+async def _await_in(scope: trio.CancelScope, pending: Pending) -> None:
+    with scope:
+        await pending
