@@ -5,8 +5,11 @@ Against the real server (``redis_kit``); each test uses keys of its own and dele
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -16,6 +19,8 @@ from .redis_kit import redis_test_url
 
 coredis = pytest.importorskip("coredis")
 
+from turret import Job, WorkerBuilder  # noqa: E402
+from turret.backends import RedisBackend  # noqa: E402
 from turret.backends._redis_conn import Pending, RespConnection  # noqa: E402
 
 
@@ -180,3 +185,45 @@ async def _await_blocked(
 async def _await_in(scope: trio.CancelScope, pending: Pending) -> None:
     with scope:
         await pending
+
+
+async def test_a_unix_socket_url_works_end_to_end(tmp_path: Path) -> None:
+    # A throwaway server listening on a Unix socket only (the shared one listens on TCP).
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("Unix socket test skipped: no redis-server binary to start one")
+    sock = tmp_path / "redis.sock"
+    proc = await trio.lowlevel.open_process(
+        [server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        with trio.fail_after(10):  # a guard: the server says when it is ready
+            seen = b""
+            while b"ready to accept connections" not in seen:
+                chunk = await proc.stdout.receive_some()
+                assert chunk, f"redis-server exited: {seen.decode(errors='replace')}"
+                seen += chunk
+        done: list[int] = []
+        all_done = trio.Event()
+
+        async def handler(n: int) -> None:
+            done.append(n)
+            if len(done) == 20:
+                all_done.set()
+
+        async with RedisBackend.open(f"unix://{sock}?db=0") as backend:
+            await backend.push_many([Job(n) for n in range(20)])
+            worker = WorkerBuilder("unix").backend(backend).build(handler)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.run)
+                with trio.fail_after(10):  # a guard, not a wait
+                    await all_done.wait()
+                worker.context.stop()
+        assert sorted(done) == list(range(20))
+    finally:
+        proc.terminate()
+        await proc.wait()
+        if proc.stdout is not None:
+            await proc.stdout.aclose()
