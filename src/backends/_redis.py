@@ -727,6 +727,9 @@ class RedisBackend(Producer):
                     log.warning("redis %s: inbox: %s", self.url, type(exc).__name__)
                     await trio.sleep(0.05)
                     return None
+                if self._pool is not pool or self._draining:  # closed meanwhile
+                    conn.close()
+                    return None
                 self._inbox_conn = conn
             return self._blmpop(conn)
 
