@@ -698,8 +698,11 @@ class RedisBackend(Producer):
         self._took(req, reply)
 
     async def _take_inbox(self) -> None:
-        """Take the reply of a BLMPOP answered while nobody awaited it."""
-        req = self._inbox_req
+        """Take the reply of a BLMPOP answered while nobody awaited it (read without
+        waiting: a worker busy with its tasks still gets what a push handed it)."""
+        req, conn = self._inbox_req, self._inbox_conn
+        if req is not None and not req.complete and conn is not None:
+            conn.poll()
         if req is not None and req.complete:
             try:
                 reply = await req  # answered: returns at once
@@ -809,7 +812,14 @@ class RedisBackend(Producer):
                         self._stash[queue] = keep
                     else:
                         del self._stash[queue]
-                await trio.sleep(_HOLD / 2)
+                conn = self._inbox_conn
+                if conn is not None and not conn.pollable and not any(self._waits.values()):
+                    # TLS: a reply is read only by awaiting it (and the BLMPOP itself is
+                    # sent by the first caller awaiting): nobody waits for work, so here.
+                    with trio.move_on_after(_HOLD / 2):
+                        await self._await_inbox()
+                else:
+                    await trio.sleep(_HOLD / 2)
         finally:
             self._inbox_running = False
 

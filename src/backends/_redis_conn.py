@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import os
 import ssl
 from collections.abc import Generator
@@ -45,6 +46,12 @@ from coredis.parser import NotEnoughData, Parser
 __all__ = ["Pending", "RespConnection"]
 
 _SEND_TIMEOUT = 10.0  # a send that cannot finish within this breaks the connection
+
+
+def _socket_of(stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> Any:
+    return (
+        stream.socket if isinstance(stream, trio.SocketStream) else stream.transport_stream.socket
+    )
 
 
 class Pending:
@@ -95,11 +102,12 @@ class Pending:
                         raise
                     self._waiters -= 1
                 else:
-                    await conn._read()
+                    await conn._read(self)
         else:
             await trio.lowlevel.checkpoint()
         if isinstance(self._reply, BaseException):
-            raise self._reply
+            # A copy: one error (a lost connection) may reach many tasks, or one twice.
+            raise copy.copy(self._reply)
         return self._reply
 
 
@@ -140,19 +148,24 @@ class RespConnection:
         kwargs = pool.connection_kwargs
         location: Any = pool.location
         context: ssl.SSLContext | None = kwargs.get("ssl_context")
+        stream: Any = None
         try:
             with trio.fail_after(pool.connect_timeout or 10.0):
                 if hasattr(location, "path"):
-                    stream: Any = await trio.open_unix_socket(location.path)
+                    stream = await trio.open_unix_socket(location.path)
                 else:
                     stream = await trio.open_tcp_stream(location.host, location.port)
                 if context is not None:
                     stream = trio.SSLStream(stream, context, server_hostname=location.host)
                     await stream.do_handshake()
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            raise coredis.exceptions.ConnectionError(
-                f"cannot connect to Redis at {location}: {exc}"
-            ) from exc
+        except BaseException as exc:
+            if stream is not None:
+                _socket_of(stream).close()
+            if isinstance(exc, (OSError, trio.TooSlowError, trio.BrokenResourceError)):
+                raise coredis.exceptions.ConnectionError(
+                    f"cannot connect to Redis at {location}: {exc}"
+                ) from exc
+            raise
         conn = cls(stream)
         try:
             hello: list[Any] = [b"HELLO", 3]
@@ -169,6 +182,11 @@ class RespConnection:
             conn.close()
             raise
         return conn
+
+    @property
+    def pollable(self) -> bool:
+        """True when :meth:`poll` can read (a plain socket; not TLS)."""
+        return self._fd >= 0
 
     @property
     def usable(self) -> bool:
@@ -227,6 +245,8 @@ class RespConnection:
                         continue
                     while data:
                         await trio.lowlevel.wait_writable(self._fd)
+                        if self._error is not None:
+                            break  # closed meanwhile: the fd may be another file's now
                         with contextlib.suppress(BlockingIOError):
                             data = data[os.write(self._fd, data) :]
             if scope.cancelled_caught:
@@ -236,8 +256,9 @@ class RespConnection:
         finally:
             self._flushing = False
 
-    async def _read(self) -> None:
-        """Read once for everyone: parse every complete reply and resolve its request."""
+    async def _read(self, mine: Pending) -> None:
+        """Read once for everyone and resolve the replies that came; hand the reading on
+        once ``mine`` (the reader's own request) is answered, or if it is cancelled."""
         self._reading = True
         try:
             data = await self._stream.receive_some(1 << 16)
@@ -250,6 +271,38 @@ class RespConnection:
             self._hand_off()
             raise
         self._reading = False
+        self._received(data)
+        if mine.complete:
+            self._hand_off()
+
+    def poll(self) -> None:
+        """Take the replies that have arrived, without waiting (when no caller is reading
+        for everyone already): a reply nobody awaits, such as a blocking command's sent
+        ahead, is then ``complete``. A no-op on TLS, whose records need awaiting.
+
+        Example::
+
+            pending = conn.send(b"BLMPOP", 5, 1, b"inbox", b"LEFT")
+            ...  # later, in a step that must not wait
+            conn.poll()
+            if pending.complete:
+                reply = await pending  # at once
+        """
+        if self._reading or self._error is not None or self._fd < 0 or not self._pending:
+            return
+        try:
+            data = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(coredis.exceptions.ConnectionError(f"connection lost: {exc}"))
+            return
+        self._received(data)
+        self._hand_off()  # a caller waiting may have been answered: the reading is free
+
+    def _received(self, data: bytes | bytearray) -> None:
+        """Parse every complete reply in ``data`` (and what came before) and resolve its
+        request, in order."""
         if not data:
             self._fail(coredis.exceptions.ConnectionError("Redis closed the connection"))
             return
@@ -264,10 +317,8 @@ class RespConnection:
                 if kind == DataType.PUSH:
                     continue  # no subscriptions here: nothing to deliver it to
                 self._pending.popleft()._resolve(value)
-        except coredis.exceptions.RedisError as exc:  # a reply coredis cannot parse
-            self._fail(coredis.exceptions.ConnectionError(f"bad reply: {exc}"))
-            return
-        self._hand_off()
+        except Exception as exc:  # a reply coredis cannot parse: nothing after it is safe
+            self._fail(coredis.exceptions.ConnectionError(f"bad reply: {exc!r}"))
 
     def _hand_off(self) -> None:
         """Wake the first caller still waiting for a reply: it reads next."""
@@ -279,12 +330,7 @@ class RespConnection:
     def _fail(self, error: coredis.exceptions.ConnectionError) -> None:
         if self._error is None:
             self._error = error
-            stream = self._stream
-            sock = stream.socket if isinstance(stream, trio.SocketStream) else None
-            if sock is None and isinstance(stream, trio.SSLStream):
-                sock = stream.transport_stream.socket
-            if sock is not None:
-                sock.close()
+            _socket_of(self._stream).close()
         pending, self._pending = self._pending, collections.deque()
         self._out.clear()
         for p in pending:

@@ -523,6 +523,24 @@ async def test_a_handoff_that_lands_after_the_wait_is_kept_for_the_next_claim(
     assert await _waiters(producer, "q") == 0
 
 
+async def test_a_handoff_to_a_worker_that_is_not_waiting_goes_to_its_next_claim(
+    pair: tuple[RedisBackend, RedisBackend, FakeClock],
+) -> None:
+    consumer, producer, _clock = pair
+    async with _waiting(consumer, "q"):
+        pass
+    await _until_waiters(producer, "q", 0)
+    assert await consumer.claim("q", owner="w1", limit=1, lease_ttl=30) == []  # registered
+    task_id = await producer.push("x", queue="q")  # handed to the inbox nobody awaits
+    inbox = consumer._inbox_conn
+    assert inbox is not None
+    with trio.fail_after(5):
+        await trio.lowlevel.wait_readable(inbox._fd)  # the BLMPOP's answer has come
+    before = consumer.statistics().round_trips
+    (task,) = await consumer.claim("q", owner="w1", limit=1, lease_ttl=30)
+    assert task.id == task_id and consumer.statistics().round_trips == before
+
+
 async def test_handed_off_tasks_nobody_claims_are_given_back(
     url: str, pair: tuple[RedisBackend, RedisBackend, FakeClock], monkeypatch: pytest.MonkeyPatch
 ) -> None:

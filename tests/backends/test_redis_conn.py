@@ -123,6 +123,15 @@ async def test_a_reader_cancelled_hands_the_reading_to_the_next_caller(
     assert await blocked == [key.encode(), [b"x"]]
 
 
+async def test_poll_takes_a_reply_nobody_awaits_without_waiting(conn: RespConnection) -> None:
+    pending = conn.send(b"PING")
+    with trio.fail_after(5):
+        await trio.lowlevel.wait_readable(conn._fd)
+    conn.poll()
+    assert pending.complete
+    assert await pending == b"PONG"
+
+
 async def test_an_error_reply_raises_and_the_connection_goes_on(conn: RespConnection) -> None:
     with pytest.raises(coredis.exceptions.NoScriptError):
         await conn.send(b"EVALSHA", "0" * 40, 0)
