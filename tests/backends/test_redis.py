@@ -501,8 +501,9 @@ async def test_a_waiter_that_stops_waiting_withdraws(
     assert info is not None and info.state is TaskState.PENDING and info.attempt == 0
 
 
+@pytest.mark.parametrize("waits", [True, False], ids=["it-waits", "busy-elsewhere"])
 async def test_a_handoff_that_lands_after_the_wait_is_kept_for_the_next_claim(
-    pair: tuple[RedisBackend, RedisBackend, FakeClock],
+    pair: tuple[RedisBackend, RedisBackend, FakeClock], waits: bool
 ) -> None:
     consumer, producer, _clock = pair
     async with _waiting(consumer, "q"):
@@ -513,7 +514,11 @@ async def test_a_handoff_that_lands_after_the_wait_is_kept_for_the_next_claim(
     assert await _waiters(producer, "q") == 1
     task_id = await producer.push("x", queue="q")
     with trio.fail_after(5):
-        await consumer.wait_for_work("q")  # at once: the inbox holds it
+        if waits:
+            await consumer.wait_for_work("q")  # at once: the inbox holds it
+        else:  # nobody awaits the inbox: the claim reads it without waiting
+            assert consumer._inbox_conn is not None
+            await trio.lowlevel.wait_readable(consumer._inbox_conn._fd)
     before = consumer.statistics().round_trips
     (task,) = await consumer.claim("q", owner="w1", limit=1, lease_ttl=30)
     assert task.id == task_id and consumer.statistics().round_trips == before
@@ -521,24 +526,6 @@ async def test_a_handoff_that_lands_after_the_wait_is_kept_for_the_next_claim(
     await producer.push_many([Job(1, queue="q"), Job(2, queue="q")])
     assert len(await consumer.claim("q", owner="w1", limit=1, lease_ttl=30)) == 1
     assert await _waiters(producer, "q") == 0
-
-
-async def test_a_handoff_to_a_worker_that_is_not_waiting_goes_to_its_next_claim(
-    pair: tuple[RedisBackend, RedisBackend, FakeClock],
-) -> None:
-    consumer, producer, _clock = pair
-    async with _waiting(consumer, "q"):
-        pass
-    await _until_waiters(producer, "q", 0)
-    assert await consumer.claim("q", owner="w1", limit=1, lease_ttl=30) == []  # registered
-    task_id = await producer.push("x", queue="q")  # handed to the inbox nobody awaits
-    inbox = consumer._inbox_conn
-    assert inbox is not None
-    with trio.fail_after(5):
-        await trio.lowlevel.wait_readable(inbox._fd)  # the BLMPOP's answer has come
-    before = consumer.statistics().round_trips
-    (task,) = await consumer.claim("q", owner="w1", limit=1, lease_ttl=30)
-    assert task.id == task_id and consumer.statistics().round_trips == before
 
 
 async def test_handed_off_tasks_nobody_claims_are_given_back(
