@@ -60,6 +60,14 @@ class _Deadlined:
         await self.cm.__aexit__(exc_type, exc, tb)
 
 
+def forwarded(service: Any) -> Any:
+    """``service``, or the first service below it whose ``ready()`` is its own: past every
+    layer that says ``forwards_ready`` (its ready() is its inner's, unchanged)."""
+    while getattr(type(service), "forwards_ready", False):
+        service = service.inner
+    return service
+
+
 def nowait_reservation(service: Any) -> AbstractAsyncContextManager[None]:
     """A reservation of ``service`` whose ``__aenter__`` raises ``trio.WouldBlock``
     instead of waiting (``service.ready_nowait()`` when it exists).
@@ -72,8 +80,7 @@ def nowait_reservation(service: Any) -> AbstractAsyncContextManager[None]:
         except trio.WouldBlock:
             ...  # not ready now
     """
-    while getattr(type(service), "forwards_ready", False):
-        service = service.inner  # its ready() is its inner's: ask that one
+    service = forwarded(service)
     nowait = getattr(service, "ready_nowait", None)
     if nowait is not None:
         cm: AbstractAsyncContextManager[None] = nowait()

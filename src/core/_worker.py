@@ -36,7 +36,7 @@ from ._context import WorkerContext, WorkerState, _current
 from ._fetch import Fetcher, Slot
 from ._handler import build_handler
 from ._isolate import isolated
-from ._nowait import nowait_reservation
+from ._nowait import forwarded, nowait_reservation
 from ._readiness import Readiness, Tracker
 from ._service import Layer, Service, Stack
 from ._task import Task
@@ -221,7 +221,8 @@ class Worker:
         return reservation
 
     async def _reserve_nowait(self) -> AbstractAsyncContextManager[None] | None:
-        """The stack's reservation, entered, if it can be had without waiting."""
+        """The stack's reservation, entered, if it can be had without waiting (as
+        ``enter_nowait``, without its wrapper: this is every task's path)."""
         reservation = nowait_reservation(self.service)
         try:
             await reservation.__aenter__()
@@ -317,15 +318,15 @@ class Worker:
 def _reserves_natively(service: Any) -> bool:
     """True when every service from ``service`` down to the worker's :class:`Readiness`
     forwards ``ready()`` unchanged (``forwards_ready``) or offers ``ready_nowait``."""
-    while not isinstance(service, Readiness):
-        if not getattr(type(service), "forwards_ready", False) and (
-            getattr(service, "ready_nowait", None) is None
-        ):
+    while True:
+        service = forwarded(service)
+        if isinstance(service, Readiness):
+            return True
+        if getattr(service, "ready_nowait", None) is None:
             return False
         service = getattr(service, "inner", None)
         if service is None:
             return False
-    return True
 
 
 def _positive(_inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:
