@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from tests import services
+
 from .redis_kit import redis_test_url
 
 coredis = pytest.importorskip("coredis")
