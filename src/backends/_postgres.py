@@ -377,6 +377,7 @@ class PostgresBackend(Producer):
         self._sql: dict[str, str] = {}
         self._next_prune = -math.inf  # when an ack flush next starts forgetting done tasks
         self._pruning = False
+        self._prune_again = False  # a prune came due while one was running
 
     def __repr__(self) -> str:
         state = "open" if self._open else ("closed" if self._closed else "new")
@@ -1091,11 +1092,14 @@ class PostgresBackend(Producer):
     def _maybe_prune(self) -> None:
         """At most once a minute, forget old done tasks in the background (the backend's
         own nursery), never on an ack's path."""
-        if self._forget_after is None or self._pruning or self._nursery is None:
+        if self._forget_after is None or self._nursery is None:
             return
         now = self.now()
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY
+            if self._pruning:  # due while the last one still runs: it goes round again
+                self._prune_again = True
+                return
             self._pruning = True
             self._nursery.start_soon(self._prune_in_background)
 
@@ -1105,9 +1109,12 @@ class PostgresBackend(Producer):
                 # Closing the backend cancels this task: stop before the next statement.
                 await trio.lowlevel.checkpoint_if_cancelled()
                 if await self._prune_batch() < PRUNE_BATCH:
-                    return
+                    if not self._prune_again:
+                        return
+                    self._prune_again = False
         finally:
             self._pruning = False
+            self._prune_again = False
 
     async def prune(self) -> int:
         """Forget the done tasks past their retention now; how many. Workers also do it

@@ -624,3 +624,39 @@ async def test_acks_store_themselves_when_no_claim_follows(dsn: str, schema: str
         assert stats.ack_batches == before.ack_batches + 1
         assert stats.acks_with_claims == before.acks_with_claims
         assert not backend._rides.waiting
+
+
+async def test_a_prune_due_while_one_runs_is_not_dropped(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1_000_000.0]
+    async with PostgresBackend.open(dsn, schema=schema, clock=lambda: now[0], done_ttl=10) as b:
+        real = b._prune_batch
+        release, pruned_again = trio.Event(), trio.Event()
+        calls = 0
+
+        async def held_first(*args: Any) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await release.wait()  # the first prune is still running...
+            n = await real(*args)
+            if calls == 2:
+                pruned_again.set()
+            return n
+
+        monkeypatch.setattr(b, "_prune_batch", held_first)
+        await b.push_many([Job(1), Job(2)])
+        for task in await b.claim("default", owner="w", limit=2, lease_ttl=30):
+            assert task.ctx.lease is not None
+            await b.ack(task.id, task.ctx.lease.token)  # the first prune starts (held)
+        now[0] += 61  # ...when the next one comes due
+        await b.push(3)
+        (task,) = await b.claim("default", owner="w", limit=1, lease_ttl=30)
+        assert task.ctx.lease is not None
+        await b.ack(task.id, task.ctx.lease.token)
+        release.set()
+        with trio.fail_after(10):  # a guard: the prune runs round once more
+            await pruned_again.wait()
+        (stats,) = await b.stats()
+        assert stats.done == 1
