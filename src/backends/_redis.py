@@ -218,7 +218,9 @@ class RedisBackend(Producer):
 
     Time comes from ``clock`` (default ``time.time``, shared by hosts with synced
     clocks). Connection loss and Redis restarts are retried with backoff for up to
-    ``reconnect_timeout`` seconds; every call is safe to retry. Connections are named
+    ``reconnect_timeout`` seconds; every call is safe to retry. A script call with no
+    reply for ``response_timeout`` seconds (a silent server or network) counts as a lost
+    connection and is retried on a new one. Connections are named
     ``client_name`` (``CLIENT LIST`` shows them). A done task is kept
     ``done_ttl`` seconds, or as long as its result (``None``: forever), then forgotten
     on the backend's clock; its record expires in Redis soon after. For durability
@@ -247,6 +249,7 @@ class RedisBackend(Producer):
         result_ttl: float | None = 7 * 86400.0,
         done_ttl: float | None = 7 * 86400.0,
         reconnect_timeout: float = 30.0,
+        response_timeout: float = 30.0,
         max_connections: int = 16,
         client_name: str = "turret",
     ) -> None:
@@ -264,6 +267,11 @@ class RedisBackend(Producer):
             raise ValueError("prefix must be a non-empty string, e.g. 'turret:'")
         if reconnect_timeout < 0:
             raise ValueError(f"reconnect_timeout must be >= 0 seconds, got {reconnect_timeout}")
+        if not response_timeout > 0:
+            raise ValueError(
+                f"response_timeout must be > 0 seconds, got {response_timeout} (it bounds the "
+                "wait for one script call's reply; a slow Lua script needs a larger one)"
+            )
         if max_connections < 4:
             raise ValueError(
                 "max_connections must be >= 4 (coredis's pool: the wake-up listener holds "
@@ -272,6 +280,7 @@ class RedisBackend(Producer):
         self._url = url or os.environ.get("TURRET_REDIS_URL") or DEFAULT_REDIS_URL
         self.prefix = prefix
         self.reconnect_timeout = reconnect_timeout
+        self.response_timeout = response_timeout
         self.max_connections = max_connections
         self.client_name = client_name
         if result_ttl is None or done_ttl is None:
@@ -466,10 +475,21 @@ class RedisBackend(Producer):
         script = self._scripts[name]
         key = self.prefix + "token"  # routes the call to the prefix's slot
         try:
-            return await conn.send(b"EVALSHA", script.sha, 1, key, self.prefix, *args)
+            return await self._reply(conn, b"EVALSHA", script.sha, 1, key, self.prefix, *args)
         except coredis.exceptions.NoScriptError:  # Redis restarted, or SCRIPT FLUSH
             await self._redis().script_load(script.script)
-            return await conn.send(b"EVALSHA", script.sha, 1, key, self.prefix, *args)
+            return await self._reply(conn, b"EVALSHA", script.sha, 1, key, self.prefix, *args)
+
+    async def _reply(self, conn: RespConnection, command: bytes, *args: Any) -> Any:
+        """Send ``command`` on ``conn`` and await its reply. A connection with no reply
+        for ``response_timeout`` (a server or network gone silent, not reset) is closed:
+        every call awaiting it fails with ConnectionError and :meth:`_call` retries it
+        on a new connection."""
+        pending = conn.send(command, *args)
+        with trio.move_on_after(self.response_timeout):
+            return await pending
+        conn.close(f"no reply from Redis within {self.response_timeout:g}s (response_timeout)")
+        return await pending  # raises that ConnectionError
 
     async def _load_scripts(self) -> None:
         client = self._redis()

@@ -208,9 +208,14 @@ class RespConnection:
         self._write(b"".join(self._packer.pack_command(command, *args)))
         return pending
 
-    def close(self) -> None:
-        """Close the socket; every reply still awaited fails with ConnectionError."""
-        self._fail(coredis.exceptions.ConnectionError("the connection was closed"))
+    def close(self, reason: str = "the connection was closed") -> None:
+        """Close the socket; every reply still awaited fails with ConnectionError(reason).
+
+        Example::
+
+            conn.close("no reply from Redis within 30s")
+        """
+        self._fail(coredis.exceptions.ConnectionError(reason))
 
     # --- internals ------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import trio
+import trio.testing
 
 import turret
 from turret import Job, LeaseLost, TaskState, WorkerBuilder
@@ -93,6 +95,87 @@ async def test_connections_killed_mid_run_lose_nothing(url: str, backend: RedisB
     (stats,) = await backend.stats()
     assert (stats.done, stats.dead, stats.pending, stats.leased) == (n, 0, 0, 0)
     assert backend.statistics().reconnects >= 1
+
+
+class _SilencingProxy:
+    """A TCP proxy to Redis that can go silent: after :meth:`silence`, the connections
+    open at that moment still carry commands to Redis, but its replies are dropped and
+    the sockets stay open (a dead network path, not a reset). Later connections work."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._muted: list[trio.Event] = []
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    def silence(self) -> None:
+        for muted in self._muted:
+            muted.set()
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream(*self.target)
+        muted = trio.Event()
+        self._muted.append(muted)
+
+        async def pump(
+            src: trio.SocketStream, dst: trio.SocketStream, muted: trio.Event | None
+        ) -> None:
+            try:
+                while data := await src.receive_some(1 << 16):
+                    if muted is None or not muted.is_set():
+                        await dst.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            nursery.cancel_scope.cancel()  # either side gone: close both
+
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(pump, client, server, None)
+            nursery.start_soon(pump, server, client, muted)
+
+
+@pytest.fixture
+def patient_clock() -> trio.testing.MockClock:
+    """Jumps only once every task has waited 50 ms of real time: a real server's reply
+    (well under a millisecond) comes first, a silent server's never does."""
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+async def test_a_silent_connection_is_abandoned_after_response_timeout(
+    url: str, patient_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        pytest.skip("the Redis under test is on a Unix socket; the proxy speaks TCP")
+    proxy = _SilencingProxy(parts.hostname, parts.port or 6379)
+    prefix = f"turret-test:{uuid.uuid4().hex}:"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        proxied = urlunsplit((parts.scheme, f"127.0.0.1:{proxy.port}", parts.path, "", ""))
+        async with RedisBackend.open(proxied, prefix=prefix, response_timeout=5.0) as backend:
+            await backend.push(1)  # the script connection is up
+            proxy.silence()
+            start = trio.current_time()
+            with trio.fail_after(30):  # without response_timeout: waits for ever
+                await backend.push(2)
+            waited = trio.current_time() - start
+            assert backend.statistics().reconnects >= 1
+        nursery.cancel_scope.cancel()
+    assert waited >= 5.0
+    async with RedisBackend.open(url, prefix=prefix) as direct:
+        (stats,) = await direct.stats()
+        assert stats.pending == 2  # the push Redis ran, retried: stored once
+        await direct.purge()
+    assert "no reply from Redis within 5s (response_timeout)" in caplog.text
+
+
+def test_response_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="response_timeout must be > 0 seconds, got 0"):
+        RedisBackend(response_timeout=0)
 
 
 async def test_idle_worker_wakes_after_its_connections_were_killed(
