@@ -84,6 +84,11 @@ _TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03", "55000"}
 _ACK_FLIGHTS = 2
 
 
+#: How long (ms) sent data may stay unacknowledged before the kernel drops the
+#: connection (libpq's ``tcp_user_timeout``; Linux only, ignored elsewhere).
+_TCP_USER_TIMEOUT_MS = 60_000
+
+
 def redact_dsn(dsn: str) -> str:
     """``dsn`` without its password, as ``host=... port=... dbname=... user=...``.
 
@@ -523,6 +528,9 @@ class PostgresBackend(Producer):
                 keepalives_idle=30,
                 keepalives_interval=10,
                 keepalives_count=3,
+                # a request the server never acknowledges (its host or the network gone)
+                # fails after this long instead of TCP's ~15 minutes of retransmissions
+                tcp_user_timeout=_TCP_USER_TIMEOUT_MS,
             )
         except psycopg.Error as exc:
             text = str(exc)

@@ -441,6 +441,19 @@ async def test_min_connections_are_opened_with_the_backend(dsn: str, schema: str
         assert backend.statistics().connections == 1  # the one that checked the schema
 
 
+def test_a_silent_server_is_detected_by_tcp_keepalives_and_user_timeout(dsn: str) -> None:
+    # A host or network gone silent resets nothing: without these a call would wait
+    # for TCP's retransmissions (~15 minutes) or, once idle, for ever.
+    conn = PostgresBackend(dsn)._connect()
+    try:
+        options = {o.keyword: o.val for o in conn.pgconn.info}
+    finally:
+        conn.close()
+    assert options[b"keepalives"] == b"1"
+    assert (options[b"keepalives_idle"], options[b"keepalives_count"]) == (b"30", b"3")
+    assert options[b"tcp_user_timeout"] == b"60000"
+
+
 def test_min_connections_is_checked() -> None:
     with pytest.raises(ValueError, match="min_connections must be between 0 and max_connections"):
         PostgresBackend("postgresql://x@h/db", max_connections=2, min_connections=3)
