@@ -162,8 +162,11 @@ class RespConnection:
             if stream is not None:
                 _socket_of(stream).close()
             if isinstance(exc, (OSError, trio.TooSlowError, trio.BrokenResourceError)):
+                # a failed TLS handshake is a BrokenResourceError with no text of its own:
+                # the SSL error under it says why (a certificate the CA list refuses, ...)
+                why = str(exc) or str(exc.__cause__ or "") or type(exc).__name__
                 raise coredis.exceptions.ConnectionError(
-                    f"cannot connect to Redis at {location}: {exc}"
+                    f"cannot connect to Redis at {location}: {why}"
                 ) from exc
             raise
         conn = cls(stream)

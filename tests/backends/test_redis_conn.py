@@ -6,6 +6,7 @@ Against the real server (``redis_kit``); each test uses keys of its own and dele
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -198,26 +199,51 @@ async def _await_in(scope: trio.CancelScope, pending: Pending) -> None:
         await pending
 
 
-async def test_a_unix_socket_url_works_end_to_end(tmp_path: Path) -> None:
-    # A throwaway server listening on a Unix socket only (the shared one listens on TCP).
+# --- throwaway servers: a Unix socket, TLS (rediss://) -----------------------------------
+
+
+async def _start_redis(args: list[str], what: str) -> trio.Process:
+    """A throwaway redis-server with ``args``, once it says it is ready; in CI a missing
+    binary fails the test (the machine must have one), elsewhere it skips it."""
     server = shutil.which("redis-server")
     if server is None:
         if services.IN_CI:
-            pytest.fail("no redis-server binary to start a Unix socket server; CI must have one")
-        pytest.skip("Unix socket test skipped: no redis-server binary to start one")
-    sock = tmp_path / "redis.sock"
+            pytest.fail(f"no redis-server binary to start a {what} server; CI must have one")
+        pytest.skip(f"{what} test skipped: no redis-server binary to start one")
     proc = await trio.lowlevel.open_process(
-        [server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.PIPE,
+        [server, "--save", "", "--appendonly", "no", *args], stdout=subprocess.PIPE
     )
+    assert proc.stdout is not None
+    with trio.fail_after(10):  # a guard: the server says when it is ready
+        seen = b""
+        while b"ready to accept connections" not in seen.lower():
+            chunk = await proc.stdout.receive_some()
+            if not chunk:
+                await proc.wait()
+                pytest.fail(f"redis-server exited: {seen.decode(errors='replace')}")
+            seen += chunk
+    return proc
+
+
+async def _stop_redis(proc: trio.Process) -> None:
+    proc.terminate()
+    await proc.wait()
+    if proc.stdout is not None:
+        await proc.stdout.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_a_unix_socket_url_works_end_to_end(tmp_path: Path) -> None:
+    # A throwaway server listening on a Unix socket only (the shared one listens on TCP).
+    sock = tmp_path / "redis.sock"
+    proc = await _start_redis(["--port", "0", "--unixsocket", str(sock)], "Unix socket")
     try:
-        assert proc.stdout is not None
-        with trio.fail_after(10):  # a guard: the server says when it is ready
-            seen = b""
-            while b"ready to accept connections" not in seen:
-                chunk = await proc.stdout.receive_some()
-                assert chunk, f"redis-server exited: {seen.decode(errors='replace')}"
-                seen += chunk
         done: list[int] = []
         all_done = trio.Event()
 
@@ -236,7 +262,90 @@ async def test_a_unix_socket_url_works_end_to_end(tmp_path: Path) -> None:
                 worker.context.stop()
         assert sorted(done) == list(range(20))
     finally:
-        proc.terminate()
-        await proc.wait()
-        if proc.stdout is not None:
-            await proc.stdout.aclose()
+        await _stop_redis(proc)
+
+
+@pytest.fixture
+async def tls_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A throwaway Redis that speaks TLS only, with a certificate from a test CA; the
+    URL trusts that CA and requires the server's certificate."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    port = _free_port()
+    proc = await _start_redis(
+        [
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(tmp_path / "cert.pem"),
+            "--tls-key-file", str(tmp_path / "key.pem"),
+            "--tls-ca-cert-file", str(tmp_path / "ca.pem"),
+            "--tls-auth-clients", "no",
+        ],
+        "TLS",
+    )  # fmt: skip
+    try:
+        yield (
+            f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={tmp_path / 'ca.pem'}"
+        )
+    finally:
+        await _stop_redis(proc)
+
+
+async def test_over_tls_concurrent_callers_each_get_their_own_reply(tls_url: str) -> None:
+    conn = await RespConnection.connect(coredis.ConnectionPool.from_url(tls_url))
+    try:
+        assert not conn.pollable  # TLS records are read by awaiting them
+        big = b"x" * (1 << 20)  # more than one TLS record, more than the socket takes
+        pending = [conn.send(b"SET", f"k{i}", big + str(i).encode()) for i in range(4)]
+        strlen = [conn.send(b"STRLEN", f"k{i}") for i in range(4)]
+        got: dict[int, object] = {}
+
+        async def wait(i: int) -> None:
+            got[i] = await strlen[i]
+
+        async with trio.open_nursery() as nursery:
+            for i in reversed(range(4)):  # awaited out of order, by several tasks
+                nursery.start_soon(wait, i)
+        assert [await p for p in pending] == [b"OK"] * 4
+        assert got == {i: len(big) + 1 for i in range(4)}
+    finally:
+        conn.close()
+
+
+async def test_a_tls_url_works_end_to_end(tls_url: str) -> None:
+    # Pushes, claims, the inbox's handoffs (read by the sweeper over TLS) and settles.
+    done: list[int] = []
+    all_done = trio.Event()
+
+    async def handler(n: int) -> None:
+        done.append(n)
+        if len(done) == 40:
+            all_done.set()
+
+    async with RedisBackend.open(tls_url) as backend:
+        await backend.push_many([Job(n) for n in range(20)])
+        worker = WorkerBuilder("tls").backend(backend).poll_interval(3600).build(handler)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            for n in range(20, 40):  # one at a time, to a worker that goes idle between
+                await backend.push(n)
+                await trio.sleep(0.01)
+            with trio.fail_after(10):  # a guard, not a wait
+                await all_done.wait()
+            worker.context.stop()
+        assert backend.statistics().handoffs >= 1
+    assert sorted(done) == list(range(40))
+
+
+async def test_a_server_certificate_from_another_ca_is_refused(
+    tls_url: str, tmp_path: Path
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "other.pem"))
+    url = tls_url.replace(str(tmp_path / "ca.pem"), str(tmp_path / "other.pem"))
+    with pytest.raises(coredis.exceptions.ConnectionError, match="certificate verify failed"):
+        await RespConnection.connect(coredis.ConnectionPool.from_url(url))
