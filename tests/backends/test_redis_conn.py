@@ -239,28 +239,39 @@ def _free_port() -> int:
         return port
 
 
+async def _end_to_end(url: str, *, pushed: int, trickled: int) -> RedisBackend:
+    """Push ``pushed`` tasks, start a worker, then push ``trickled`` more one at a time
+    (to a worker that goes idle between them); every task must run. The backend, closed."""
+    done: list[int] = []
+    all_done = trio.Event()
+    total = pushed + trickled
+
+    async def handler(n: int) -> None:
+        done.append(n)
+        if len(done) == total:
+            all_done.set()
+
+    async with RedisBackend.open(url) as backend:
+        await backend.push_many([Job(n) for n in range(pushed)])
+        worker = WorkerBuilder("e2e").backend(backend).poll_interval(3600).build(handler)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            for n in range(pushed, total):
+                await backend.push(n)
+                await trio.sleep(0.01)
+            with trio.fail_after(10):  # a guard, not a wait
+                await all_done.wait()
+            worker.context.stop()
+    assert sorted(done) == list(range(total))
+    return backend
+
+
 async def test_a_unix_socket_url_works_end_to_end(tmp_path: Path) -> None:
     # A throwaway server listening on a Unix socket only (the shared one listens on TCP).
     sock = tmp_path / "redis.sock"
     proc = await _start_redis(["--port", "0", "--unixsocket", str(sock)], "Unix socket")
     try:
-        done: list[int] = []
-        all_done = trio.Event()
-
-        async def handler(n: int) -> None:
-            done.append(n)
-            if len(done) == 20:
-                all_done.set()
-
-        async with RedisBackend.open(f"unix://{sock}?db=0") as backend:
-            await backend.push_many([Job(n) for n in range(20)])
-            worker = WorkerBuilder("unix").backend(backend).build(handler)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(worker.run)
-                with trio.fail_after(10):  # a guard, not a wait
-                    await all_done.wait()
-                worker.context.stop()
-        assert sorted(done) == list(range(20))
+        await _end_to_end(f"unix://{sock}?db=0", pushed=20, trickled=0)
     finally:
         await _stop_redis(proc)
 
@@ -318,27 +329,8 @@ async def test_over_tls_concurrent_callers_each_get_their_own_reply(tls_url: str
 
 async def test_a_tls_url_works_end_to_end(tls_url: str) -> None:
     # Pushes, claims, the inbox's handoffs (read by the sweeper over TLS) and settles.
-    done: list[int] = []
-    all_done = trio.Event()
-
-    async def handler(n: int) -> None:
-        done.append(n)
-        if len(done) == 40:
-            all_done.set()
-
-    async with RedisBackend.open(tls_url) as backend:
-        await backend.push_many([Job(n) for n in range(20)])
-        worker = WorkerBuilder("tls").backend(backend).poll_interval(3600).build(handler)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker.run)
-            for n in range(20, 40):  # one at a time, to a worker that goes idle between
-                await backend.push(n)
-                await trio.sleep(0.01)
-            with trio.fail_after(10):  # a guard, not a wait
-                await all_done.wait()
-            worker.context.stop()
-        assert backend.statistics().handoffs >= 1
-    assert sorted(done) == list(range(40))
+    backend = await _end_to_end(tls_url, pushed=20, trickled=20)
+    assert backend.statistics().handoffs >= 1
 
 
 async def test_a_server_certificate_from_another_ca_is_refused(
