@@ -271,7 +271,10 @@ class PostgresBackend(Producer):
     PostgreSQL schema holding turret's tables (default ``turret``); with ``migrate=True``
     the schema is created or upgraded on open, under an advisory lock so that
     concurrent starters do not race. A broken connection is replaced and the call
-    retried with backoff up to ``reconnect_timeout`` seconds (``None``: for ever).
+    retried with backoff up to ``reconnect_timeout`` seconds (``None``: for ever). A
+    statement with no reply for ``response_timeout`` seconds (a server that hangs, or a
+    host or network gone silent) counts as a broken connection too; migrations, which
+    may wait for another starter's lock, are exempt.
     Up to ``max_connections`` pooled connections; ``min_connections`` (default
     ``min(4, max_connections)``) are opened with the backend. A done task's row is kept
     ``done_ttl`` seconds (at least as long as its result; ``None``: forever), then
@@ -305,6 +308,7 @@ class PostgresBackend(Producer):
         listen: bool = True,
         connect_timeout: float = 10.0,
         reconnect_timeout: float | None = None,
+        response_timeout: float | None = 30.0,
         max_ack_batch: int = 1000,
         application_name: str = "turret",
     ) -> None:
@@ -342,6 +346,11 @@ class PostgresBackend(Producer):
             )
         if connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}")
+        if response_timeout is not None and not response_timeout > 0:
+            raise ValueError(
+                f"response_timeout must be > 0 seconds or None, got {response_timeout!r} (it "
+                "bounds the wait for one statement's reply; migrations are exempt)"
+            )
         if reconnect_timeout is not None and reconnect_timeout < 0:
             raise ValueError(
                 f"reconnect_timeout must be >= 0 seconds or None, got {reconnect_timeout!r}"
@@ -359,6 +368,7 @@ class PostgresBackend(Producer):
         self.listen = listen
         self.connect_timeout = connect_timeout
         self.reconnect_timeout = reconnect_timeout
+        self.response_timeout = response_timeout
         self.max_ack_batch = max_ack_batch
         self.application_name = application_name
         self._limiter = trio.CapacityLimiter(max_connections)
@@ -552,7 +562,11 @@ class PostgresBackend(Producer):
         return TrioConnection(conn)
 
     async def _run(
-        self, fn: Callable[[TrioConnection, bool], Awaitable[T]], *, retry: bool = True
+        self,
+        fn: Callable[[TrioConnection, bool], Awaitable[T]],
+        *,
+        retry: bool = True,
+        bounded: bool = True,
     ) -> T:
         """Run ``await fn(conn, retried)`` on a pooled connection, on trio.
 
@@ -562,7 +576,8 @@ class PostgresBackend(Producer):
         is closed, never pooled. A broken connection is replaced and the call retried
         with capped exponential backoff (``retried`` is then True, so ``fn`` can
         recognise its own earlier success when the first attempt committed but the
-        reply was lost).
+        reply was lost). ``bounded``: a reply that takes longer than ``response_timeout``
+        is given up on, the connection closed and the call retried, as if it had broken.
         """
         if not self._open:
             raise RuntimeError(
@@ -593,8 +608,16 @@ class PostgresBackend(Producer):
                     # abandoning it could leave its effect applied unbeknown to the caller
                     # (an ack flushed twice would report a false LeaseLost). Cancellation
                     # takes effect at the caller's next checkpoint.
-                    with trio.CancelScope(shield=True):
+                    deadline = math.inf
+                    if bounded and self.response_timeout is not None:
+                        deadline = trio.current_time() + self.response_timeout
+                    with trio.CancelScope(shield=True, deadline=deadline) as scope:
                         result = await fn(conn, failures > 0)
+                    if scope.cancelled_caught:  # abandoned mid-statement: conn is closed below
+                        raise psycopg.errors.ConnectionFailure(
+                            f"no reply from PostgreSQL within {self.response_timeout:g}s "
+                            "(response_timeout)"
+                        )
                 except BaseException as exc:
                     transient = _is_transient(exc, None if conn is None else conn.conn)
                     if conn is not None:
@@ -708,7 +731,7 @@ class PostgresBackend(Producer):
                     )
                 return before, sql.SCHEMA_VERSION
 
-        return await self._run(migrate)
+        return await self._run(migrate, bounded=False)  # may wait for another starter
 
     # --- producing ------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ from tests import services
 from turret import Backend
 from turret.backends import MemoryBackend, SqliteBackend
 
+from . import silent_proxy
+
 
 class Kit(Protocol):
     name: str
@@ -128,3 +130,9 @@ def vclock() -> trio.testing.MockClock:
     virtual time; a small threshold keeps tests fast and faithful.
     """
     return trio.testing.MockClock(autojump_threshold=0.02)
+
+
+@pytest.fixture(name="patient_clock")
+def _patient_clock() -> trio.testing.MockClock:
+    """trio's mock clock, jumping only after 0.5 s of real idleness (see silent_proxy)."""
+    return silent_proxy.patient_clock()

@@ -14,13 +14,16 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import trio
+import trio.testing
 
 from turret import Job, LeaseLost, TaskContext, TaskId, TaskState, WorkerBuilder
 
 from .postgres_kit import PREFIX, postgres_test_dsn
+from .silent_proxy import SilencingProxy
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -439,6 +442,50 @@ async def test_min_connections_are_opened_with_the_backend(dsn: str, schema: str
         assert backend.statistics().connections == 2
     async with PostgresBackend.open(dsn, schema=schema, min_connections=0) as backend:
         assert backend.statistics().connections == 1  # the one that checked the schema
+
+
+async def test_a_silent_server_is_abandoned_after_response_timeout(
+    dsn: str, schema: str, patient_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts = urlsplit(dsn)
+    if parts.hostname is None or not dsn.startswith("postgres"):
+        pytest.skip("the PostgreSQL under test is not a TCP URL; the proxy speaks TCP")
+    proxy = SilencingProxy(parts.hostname, parts.port or 5432)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        user = f"{parts.username}@" if parts.username else ""
+        proxied = urlunsplit((parts.scheme, f"{user}127.0.0.1:{proxy.port}", parts.path, "", ""))
+        async with PostgresBackend.open(
+            proxied, schema=schema, response_timeout=5.0, min_connections=1
+        ) as backend:
+            await backend.push(1)  # the pooled connection is up
+            proxy.silence()
+            start = trio.current_time()
+            pushed = trio.Event()
+
+            async def push_again() -> None:
+                await backend.push(2)
+                pushed.set()
+
+            nursery.start_soon(push_again)
+            with trio.move_on_after(60):
+                await pushed.wait()
+            if not pushed.is_set():
+                proxy.reset()  # a statement is shielded from cancellation: end it this way
+                pytest.fail("the statement still waits after 60 s: no response_timeout")
+            waited = trio.current_time() - start
+            assert backend.statistics().connection_errors >= 1
+        nursery.cancel_scope.cancel()
+    assert waited >= 5.0
+    assert "no reply from PostgreSQL within 5s (response_timeout)" in caplog.text
+    async with PostgresBackend.open(dsn, schema=schema) as direct:
+        (stats,) = await direct.stats()
+        assert stats.pending == 2  # the push the server ran, retried: stored once
+
+
+def test_response_timeout_must_be_positive_or_none() -> None:
+    with pytest.raises(ValueError, match="response_timeout must be > 0 seconds or None, got 0"):
+        PostgresBackend("postgresql://x@localhost/db", response_timeout=0)
 
 
 def test_a_silent_server_is_detected_by_tcp_keepalives_and_user_timeout(dsn: str) -> None:

@@ -26,6 +26,7 @@ import turret
 from turret import Job, LeaseLost, TaskState, WorkerBuilder
 
 from .redis_kit import redis_test_url
+from .silent_proxy import SilencingProxy
 
 coredis = pytest.importorskip("coredis")
 
@@ -97,61 +98,13 @@ async def test_connections_killed_mid_run_lose_nothing(url: str, backend: RedisB
     assert backend.statistics().reconnects >= 1
 
 
-class _SilencingProxy:
-    """A TCP proxy to Redis that can go silent: after :meth:`silence`, the connections
-    open at that moment still carry commands to Redis, but its replies are dropped and
-    the sockets stay open (a dead network path, not a reset). Later connections work."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self._muted: list[trio.Event] = []
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    def silence(self) -> None:
-        for muted in self._muted:
-            muted.set()
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        server = await trio.open_tcp_stream(*self.target)
-        muted = trio.Event()
-        self._muted.append(muted)
-
-        async def pump(
-            src: trio.SocketStream, dst: trio.SocketStream, muted: trio.Event | None
-        ) -> None:
-            try:
-                while data := await src.receive_some(1 << 16):
-                    if muted is None or not muted.is_set():
-                        await dst.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            nursery.cancel_scope.cancel()  # either side gone: close both
-
-        async with client, server, trio.open_nursery() as nursery:
-            nursery.start_soon(pump, client, server, None)
-            nursery.start_soon(pump, server, client, muted)
-
-
-@pytest.fixture
-def patient_clock() -> trio.testing.MockClock:
-    """Jumps only once every task has waited 50 ms of real time: a real server's reply
-    (well under a millisecond) comes first, a silent server's never does."""
-    return trio.testing.MockClock(autojump_threshold=0.05)
-
-
 async def test_a_silent_connection_is_abandoned_after_response_timeout(
     url: str, patient_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     parts = urlsplit(url)
     if parts.hostname is None:
         pytest.skip("the Redis under test is on a Unix socket; the proxy speaks TCP")
-    proxy = _SilencingProxy(parts.hostname, parts.port or 6379)
+    proxy = SilencingProxy(parts.hostname, parts.port or 6379)
     prefix = f"turret-test:{uuid.uuid4().hex}:"
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve)
