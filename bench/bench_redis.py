@@ -262,16 +262,18 @@ def _fmt(value: Any, unit: str) -> str:
     return "         -"
 
 
+def _latency_run(name: str) -> dict[str, Any] | str:
+    """One run of the latency workload alone, on turret or the peer ``name``."""
+    return turret_results(("latency",)) if name == "turret" else peer_results(name, "latency")
+
+
 def latency_rounds(rounds: int, peers: list[str]) -> int:
     """The latency workload only, turret and ``peers`` alternating, ``rounds`` times
     (the machine's noise hits every system alike); prints each run and the ranges."""
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in ["turret", *peers]}
     for k in range(rounds):
         for name in runs:
-            if name == "turret":
-                r: dict[str, Any] | str = turret_results(("latency",))
-            else:
-                r = peer_results(name, "latency")
+            r = _latency_run(name)
             if isinstance(r, str) or "latency_p50_ms" not in r:
                 print(f"round {k + 1} {name:8} {r}", flush=True)
                 continue
@@ -306,7 +308,7 @@ def _more_latency_rounds(results: dict[str, dict[str, Any] | str]) -> None:
     }
     for _ in range(LATENCY_ROUNDS - 1):
         for name, got in runs.items():
-            r = turret_results(("latency",)) if name == "turret" else peer_results(name, "latency")
+            r = _latency_run(name)
             if isinstance(r, dict) and "latency_p50_ms" in r:
                 got.append((r["latency_p50_ms"], r["latency_p99_ms"]))
     for name, got in runs.items():

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import trio
+import trustme
 
 from tests import services
 
@@ -280,7 +281,6 @@ async def test_a_unix_socket_url_works_end_to_end(tmp_path: Path) -> None:
 async def tls_url(tmp_path: Path) -> AsyncIterator[str]:
     """A throwaway Redis that speaks TLS only, with a certificate from a test CA; the
     URL trusts that CA and requires the server's certificate."""
-    trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
@@ -336,7 +336,6 @@ async def test_a_tls_url_works_end_to_end(tls_url: str) -> None:
 async def test_a_server_certificate_from_another_ca_is_refused(
     tls_url: str, tmp_path: Path
 ) -> None:
-    trustme = pytest.importorskip("trustme")
     trustme.CA().cert_pem.write_to_path(str(tmp_path / "other.pem"))
     url = tls_url.replace(str(tmp_path / "ca.pem"), str(tmp_path / "other.pem"))
     with pytest.raises(coredis.exceptions.ConnectionError, match="certificate verify failed"):
