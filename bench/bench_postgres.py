@@ -4,7 +4,7 @@ Workloads (each on a fresh schema):
 
 * throughput: 20 000 no-op tasks, concurrency 100, with 1 and 2 worker processes
   (tasks are pushed to a paused queue, workers start and go idle, the clock starts at
-  resume);
+  resume, made on the producer's connection, which stays open until the clock stops);
 * latency: enqueue-to-start p50/p99 of 300 tasks pushed one at a time, 5 ms apart, by
   another connection to idle workers (concurrency 10), each woken the way its system
   does by default (LISTEN/NOTIFY for all three);
@@ -183,36 +183,30 @@ def turret_bench() -> dict[str, float]:
     def argv(queue: str, mode: str, concurrency: int) -> list[str]:
         return [sys.executable, __file__, "turret-worker", schema, queue, mode, str(concurrency)]
 
-    async def push(queue: str, n: int, args: Any = None) -> None:
+    async def timed(queue: str, n: int, mode: str, procs: int) -> float:
+        """Push ``n`` tasks to a paused queue, start the workers, resume: the seconds
+        until no task is left. The producer's backend stays open until the clock stops,
+        so no connection is opened or closed (a server process forked or ended) while
+        it runs: that churn cost the workers' first claims ~5 ms (measured)."""
         async with PostgresBackend.open(DSN, schema=schema) as backend:
             await backend.pause_queue(queue)
             for start in range(0, n, 1000):
                 await backend.push_many(
-                    [Job(args, queue=queue) for _ in range(start, min(n, start + 1000))]
+                    [Job(None, queue=queue) for _ in range(start, min(n, start + 1000))]
                 )
-
-    async def resume(queue: str) -> None:
-        async with PostgresBackend.open(DSN, schema=schema) as backend:
-            await backend.resume_queue(queue)
+            workers = await trio.to_thread.run_sync(Workers, argv(queue, mode, CONCURRENCY), procs)
+            try:
+                await backend.resume_queue(queue)
+                return await trio.to_thread.run_sync(wait_until, lambda: remaining(queue))
+            finally:
+                await trio.to_thread.run_sync(workers.stop)
 
     try:
         for procs in (1, 2):
-            queue = f"tp{procs}"
-            trio.run(push, queue, N_THROUGHPUT)
-            workers = Workers(argv(queue, "noop", CONCURRENCY), procs)
-            trio.run(resume, queue)
-            took = wait_until(lambda q=queue: remaining(q))  # type: ignore[misc]
-            workers.stop()
+            took = trio.run(timed, f"tp{procs}", N_THROUGHPUT, "noop", procs)
             results[f"throughput_{procs}p"] = N_THROUGHPUT / took
 
-        runs = []
-        for run in range(SLEEP_RUNS):
-            queue = f"sleep{run}"
-            trio.run(push, queue, N_SLEEP)
-            workers = Workers(argv(queue, "sleep", CONCURRENCY), 1)
-            trio.run(resume, queue)
-            runs.append(wait_until(lambda q=queue: remaining(q)))  # type: ignore[misc]
-            workers.stop()
+        runs = [trio.run(timed, f"sleep{run}", N_SLEEP, "sleep", 1) for run in range(SLEEP_RUNS)]
         results["sleep_s"] = statistics.median(runs)
         results["sleep_min_s"], results["sleep_max_s"] = min(runs), max(runs)
 
@@ -251,8 +245,12 @@ def peer_main(system: str, schema: str) -> None:
     print(json.dumps(results), flush=True)
 
 
-def _peer_remaining(dsn: str, statement: str) -> bool:
-    rows = sql(statement, dsn)
+async def _peer_remaining(dsn: str, statement: str) -> bool:
+    """The probe runs in a thread: a blocking query would stall the peer's event loop
+    (its workers run in this process) for a round trip every 5 ms."""
+    import asyncio
+
+    rows = await asyncio.to_thread(sql, statement, dsn)
     return not rows[0][0]
 
 
@@ -285,7 +283,7 @@ async def _pgqueuer_all(dsn: str) -> dict[str, float]:
 
         start = time.perf_counter()
         task = asyncio.create_task(qm.run(batch_size=batch))
-        while not _peer_remaining(dsn, pending):
+        while not await _peer_remaining(dsn, pending):
             if task.done():  # the manager failed: surface its error instead of hanging
                 await task
                 raise RuntimeError("pgqueuer's QueueManager stopped before the work was done")
@@ -375,7 +373,7 @@ async def _procrastinate_all(dsn: str) -> dict[str, float]:
             worker = asyncio.create_task(
                 app.run_worker_async(queues=[queue], concurrency=CONCURRENCY, wait=True)
             )
-            while not _peer_remaining(dsn, pending):  # noqa: ASYNC110 - polling a server
+            while not await _peer_remaining(dsn, pending):  # noqa: ASYNC110 - polling a server
                 await asyncio.sleep(0.005)
             took = time.perf_counter() - begin
             worker.cancel()
