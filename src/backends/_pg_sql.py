@@ -3,6 +3,14 @@
 Every statement is a template with ``{s}`` for the quoted schema name; nothing else is
 ever formatted into SQL (values are always bound parameters). Arrays are bound in
 binary (``%(name)b``): cheaper to dump and to parse than their text form.
+
+A task has a lease ``deadline`` exactly while it is leased (a CHECK constraint since
+schema 4). The statements that settle or renew leases by (id, token) therefore test
+``deadline > now`` and not ``state = 'leased'``: with the state in the query the planner
+may answer it from the partial index ``tasks_leased``, scanning every lease of every
+worker (and the entries of leases settled since the last vacuum) for each batch,
+instead of probing the primary key once per task. Measured: with ~8 000 leases open,
+a claim carrying 7 acks cost the server 1.7-2.2 ms of CPU that way, 0.7-0.9 ms by key.
 """
 
 from __future__ import annotations
@@ -193,6 +201,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "WHERE state = 'done'",
         "CREATE INDEX tasks_finished ON {s}.tasks (finished_at) WHERE state = 'done'",
     ),
+    # 4: a lease deadline exactly while leased (module docstring), made a constraint.
+    # Every turret writes rows that way; the two updates only mend a hand-edited row
+    # (a leased row without a deadline is then expired, and reclaimed by the next claim).
+    (
+        "UPDATE {s}.tasks SET deadline = NULL WHERE state <> 'leased' AND deadline IS NOT NULL",
+        "UPDATE {s}.tasks SET deadline = 0 WHERE state = 'leased' AND deadline IS NULL",
+        "ALTER TABLE {s}.tasks ADD CONSTRAINT tasks_deadline_while_leased "
+        "CHECK ((state = 'leased') = (deadline IS NOT NULL))",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -243,7 +260,7 @@ def _ack(inputs: str, columns: str, result: str, expires: str) -> str:
     UPDATE {{s}}.tasks t SET state = 'done', result = {result}, result_expires_at = {expires},
         finished_at = i.now, owner = NULL, deadline = NULL, cancel_reason = NULL
     FROM i, cfg
-    WHERE t.id = i.id AND t.token = i.token AND t.state = 'leased' AND t.deadline > i.now
+    WHERE t.id = i.id AND t.token = i.token AND t.deadline > i.now
     RETURNING t.id, t.token
 """
 
@@ -287,7 +304,7 @@ CLAIM_ACKING = """
             finished_at = $4, owner = NULL, deadline = NULL, cancel_reason = NULL
         FROM unnest(string_to_array($7, ','), string_to_array($8, ',')::int8[])
             AS i(id, token)
-        WHERE t.id = i.id AND t.token = i.token AND t.state = 'leased' AND t.deadline > $4
+        WHERE t.id = i.id AND t.token = i.token AND t.deadline > $4
         RETURNING t.id, t.token
     )
     SELECT 0, c.id, c.payload, c.attempt, c.max_attempts, c.priority, c.run_at,
@@ -337,7 +354,7 @@ RENEW = f"""
     )
     UPDATE {{s}}.tasks t SET deadline = %(deadline)s
     FROM i, cfg
-    WHERE t.id = i.id AND t.token = i.token AND t.state = 'leased' AND t.deadline > %(now)s
+    WHERE t.id = i.id AND t.token = i.token AND t.deadline > %(now)s
     RETURNING t.id, t.token, t.cancel_reason IS NOT NULL
 """
 
@@ -361,7 +378,7 @@ RETRY = (
             order_key = CASE WHEN cancel_reason IS NOT NULL THEN order_key
                 ELSE %(run_at)s - priority * %(aging)s END,
             cancel_reason = NULL
-        WHERE id = %(id)s AND token = %(token)s AND state = 'leased' AND deadline > %(now)s
+        WHERE id = %(id)s AND token = %(token)s AND deadline > %(now)s
         RETURNING queue, state
     )
 """
@@ -379,7 +396,7 @@ RELEASE = (
             run_at = CASE WHEN cancel_reason IS NOT NULL THEN run_at
                 ELSE least(run_at, %(now)s) END,
             cancel_reason = NULL
-        WHERE id = %(id)s AND token = %(token)s AND state = 'leased' AND deadline > %(now)s
+        WHERE id = %(id)s AND token = %(token)s AND deadline > %(now)s
         RETURNING queue, state
     )
 """
@@ -389,7 +406,7 @@ RELEASE = (
 DEAD = """
     UPDATE {s}.tasks SET state = 'dead', dead_reason = %(reason)s, owner = NULL,
         deadline = NULL, cancel_reason = NULL
-    WHERE id = %(id)s AND token = %(token)s AND state = 'leased' AND deadline > %(now)s
+    WHERE id = %(id)s AND token = %(token)s AND deadline > %(now)s
     RETURNING queue
 """
 
