@@ -244,12 +244,12 @@ async def test_v1_schema_upgrades_in_place(dsn: str, schema: str) -> None:
     now = 1_000_000.0
     ids = await trio.to_thread.run_sync(make_v1_schema, dsn, schema, now)
     assert await trio.to_thread.run_sync(queue_columns, dsn, schema) == ["name", "paused"]
-    with pytest.raises(RuntimeError, match="at version 1, this turret needs 4"):
+    with pytest.raises(RuntimeError, match="at version 1, this turret needs 5"):
         async with PostgresBackend.open(dsn, schema=schema, migrate=False):
             pass
     async with PostgresBackend.open(dsn, schema=schema, clock=lambda: now) as backend:
-        assert backend.statistics().schema_version == 4
-        assert await backend.migrate() == (4, 4)
+        assert backend.statistics().schema_version == 5
+        assert await backend.migrate() == (5, 5)
         stats = {s.queue: s for s in await backend.stats()}
         assert stats["paused-q"].paused
         assert (stats["mail"].pending, stats["mail"].leased, stats["mail"].reclaimed) == (1, 1, 0)
@@ -270,7 +270,7 @@ async def test_v1_schema_upgrades_in_place(dsn: str, schema: str) -> None:
             rows = conn.execute(f'SELECT version FROM "{schema}".migrations ORDER BY 1')
             return [r[0] for r in rows.fetchall()]
 
-    assert await trio.to_thread.run_sync(versions) == [1, 2, 3, 4]
+    assert await trio.to_thread.run_sync(versions) == [1, 2, 3, 4, 5]
     columns = await trio.to_thread.run_sync(queue_columns, dsn, schema)
     assert columns == ["name", "paused", "reclaimed"]
 
@@ -485,6 +485,72 @@ async def test_settles_and_renewals_find_leases_by_key_however_many_are_open(
         assert "tasks_leased" not in plans, f"{name}:\n{plans}"
         if isinstance(values, dict) and "id" in values:
             assert "tasks_pkey" in plans, f"{name}:\n{plans}"
+
+
+async def test_reclaims_find_expired_leases_by_key_not_by_reading_every_lease(
+    dsn: str, schema: str
+) -> None:
+    """The reclaim inside ``claim()`` (one queue) and ``reclaim()`` (every queue) update
+    the leases they locked by primary key. Rechecked by ``state = 'leased'``, the update
+    could read the whole ``tasks_leased`` index, every open lease of every queue, on
+    each claim with nothing expired (its generic plan did, in a benchmark)."""
+    from turret.backends import _pg_sql as sql
+
+    async with PostgresBackend.open(dsn, schema=schema) as backend:
+        await backend.push_many([Job(i, queue="other") for i in range(300)])
+        await backend.push_many([Job(i) for i in range(20)])
+        assert len(await backend.claim("other", owner="w", limit=300, lease_ttl=30)) == 300
+        assert len(await backend.claim("default", owner="w", limit=10, lease_ttl=30)) == 10
+        now = backend.now()
+    values = {"queue": "default", "now": now, "max_lost": 3}
+    in_claim = sql.RECLAIM.format(
+        s="{s}",
+        now="%(now)s",
+        max_lost="%(max_lost)s",
+        where="AND t.queue = %(queue)s",
+        returning="1",
+    )
+    cases = {
+        "claim()": (in_claim + "SELECT count(*) FROM moved", values),
+        "reclaim()": (
+            sql.RECLAIM_COUNTED.format(
+                s="{s}", now="%(now)s", max_lost="%(max_lost)s", where="", returning="t.queue"
+            ),
+            {"now": now, "max_lost": 3},
+        ),
+    }
+    for name, (statement, params) in cases.items():
+        plans = await trio.to_thread.run_sync(explain, dsn, schema, statement, params)
+        # Once per plan (custom, generic): the `expired` scan, not the update's.
+        assert plans.count("tasks_leased") == 2, f"{name}:\n{plans}"
+        assert "tasks_pkey" in plans, f"{name}:\n{plans}"
+
+
+async def test_tasks_without_a_unique_key_stay_out_of_its_index(dsn: str, schema: str) -> None:
+    """Most tasks have no unique key: pushing and claiming them writes no entry in
+    ``tasks_unique`` (schema 5), which still finds and enforces the keys there are."""
+    from turret.backends import _pg_sql as sql
+
+    async with PostgresBackend.open(dsn, schema=schema) as backend:
+        first = await backend.push(1, unique_key="k")
+        await backend.push_many([Job(i) for i in range(2000)])
+        assert len(await backend.claim("default", owner="w", limit=2001, lease_ttl=30)) == 2001
+        assert await backend.push(2, unique_key="k") == first  # still live: the same task
+
+    def pages() -> int:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pg_relation_size(%s) / current_setting('block_size')::int",
+                (f'"{schema}".tasks_unique',),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    # The metapage and one leaf (with an entry per keyless task, as before, 7 pages).
+    assert await trio.to_thread.run_sync(pages) == 2
+    live_by_key = sql.LIVE_BY_KEY.replace("%s", "$1")
+    plans = await trio.to_thread.run_sync(explain, dsn, schema, live_by_key, [["k"]])
+    assert "tasks_unique" in plans, plans
 
 
 async def test_a_lease_deadline_exists_exactly_while_leased(dsn: str, schema: str) -> None:
