@@ -71,6 +71,9 @@ _HOLD = 1.0
 _ROOM_MAX = 4
 #: Longest block of the inbox's BLMPOP (seconds).
 _INBOX_BLOCK = 5.0
+#: Longest block of the wake-up listener's XREAD (seconds); at most half the reply
+#: timeout of coredis's connections, so a blocked read is never taken for a silent one.
+_WAKE_BLOCK = 5.0
 #: A BLMPOP still unanswered this long after it was sent means a dead connection.
 _INBOX_STUCK = _INBOX_BLOCK + 10.0
 
@@ -220,7 +223,8 @@ class RedisBackend(Producer):
     clocks). Connection loss and Redis restarts are retried with backoff for up to
     ``reconnect_timeout`` seconds; every call is safe to retry. A script call with no
     reply for ``response_timeout`` seconds (a silent server or network) counts as a lost
-    connection and is retried on a new one. Connections are named
+    connection and is retried on a new one; so does any other call (coredis's
+    ``stream_timeout``, unless the URL sets its own). Connections are named
     ``client_name`` (``CLIENT LIST`` shows them). A done task is kept
     ``done_ttl`` seconds, or as long as its result (``None``: forever), then forgotten
     on the backend's clock; its record expires in Redis soon after. For durability
@@ -365,6 +369,7 @@ class RedisBackend(Producer):
                 decode_responses=False,
                 max_connections=self.max_connections,
                 client_name=self.client_name,
+                stream_timeout=self.response_timeout,  # a ?stream_timeout= in the URL wins
             )
             client: coredis.Redis[bytes] = coredis.Redis(
                 connection_pool=pool, decode_responses=False, retry_policy=NoRetryPolicy()
@@ -442,6 +447,10 @@ class RedisBackend(Producer):
                 self._round_trips += 1
                 return await op()
             except _RETRYABLE as exc:
+                if isinstance(exc, TimeoutError) and self._pool is not None:
+                    # No reply in time: coredis keeps a silent connection open (it
+                    # multiplexes every call on its connections); open new ones.
+                    self._pool.disconnect()
                 now = time.monotonic()
                 if give_up is None:
                     give_up = now + self.reconnect_timeout
@@ -535,6 +544,8 @@ class RedisBackend(Producer):
         """
         client = self._redis()
         stream = self.prefix + "wake"
+        timeout = self._pool.connection_kwargs.get("stream_timeout") if self._pool else None
+        block_ms = max(1, round(1000 * min(_WAKE_BLOCK, (timeout or 2 * _WAKE_BLOCK) / 2)))
         last: str | bytes = "$"
         delay = 0.01
         started = False
@@ -549,7 +560,7 @@ class RedisBackend(Producer):
                 elif delay > 0.01:
                     await client.ping()  # reconnected: reset the backoff
                     delay = 0.01
-                reply = await client.xread({stream: last}, count=1000, block=5000)
+                reply = await client.xread({stream: last}, count=1000, block=block_ms)
             except _RETRYABLE as exc:
                 self._reconnects += 1
                 log.warning(

@@ -126,6 +126,54 @@ async def test_a_silent_connection_is_abandoned_after_response_timeout(
     assert "no reply from Redis within 5s (response_timeout)" in caplog.text
 
 
+async def test_every_call_on_a_silent_connection_is_bounded_by_response_timeout(
+    url: str, patient_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Calls that go through coredis's own connections (reading a task, the wake-up
+    listener's XREAD) give up a silent connection after ``response_timeout`` too, and
+    retry on a new one."""
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        pytest.skip("the Redis under test is on a Unix socket; the proxy speaks TCP")
+    proxy = SilencingProxy(parts.hostname, parts.port or 6379)
+    prefix = f"turret-test:{uuid.uuid4().hex}:"
+    got = trio.Event()
+
+    async def handler(i: int) -> None:
+        got.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        proxied = urlunsplit((parts.scheme, f"127.0.0.1:{proxy.port}", parts.path, "", ""))
+        async with RedisBackend.open(proxied, prefix=prefix, response_timeout=5.0) as backend:
+            task_id = await backend.push(1, queue="read")
+            assert await backend.get_task(task_id) is not None  # coredis's connection is up
+            proxy.silence()
+            start = trio.current_time()
+            with trio.fail_after(30):  # without a reply timeout: waits for ever
+                info = await backend.get_task(task_id)  # on the same, silent connection
+            assert info is not None and info.state is TaskState.PENDING
+            assert trio.current_time() - start >= 5.0
+
+            # poll_interval far beyond the bounds below: only a wake-up starts the task.
+            worker = WorkerBuilder("w").backend(backend).poll_interval(3600).build(handler)
+            async with trio.open_nursery() as workers:
+                workers.start_soon(worker.run)
+                await trio.sleep(1)  # the worker goes idle, blocked in the listener's XREAD
+                proxy.silence()
+                await backend.push(2)  # its wake-up reaches the listener once it reconnects
+                with trio.fail_after(30):
+                    await got.wait()
+                await trio.sleep(10)  # past the listener's response timeout
+                worker.context.stop()
+            await backend.purge()
+        nursery.cancel_scope.cancel()
+    assert "TimeoutError: HGETALL timed out after 5.0 seconds; retrying" in caplog.text
+    # Without a reply timeout the listener's XREAD waits for ever on the silent
+    # connection (the task still starts: a push hands it to a waiting worker directly).
+    assert "wake-up listener: TimeoutError; reconnecting" in caplog.text
+
+
 def test_response_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="response_timeout must be > 0 seconds, got 0"):
         RedisBackend(response_timeout=0)
