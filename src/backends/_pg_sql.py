@@ -159,7 +159,8 @@ def _claim_function(create: str, count: str, reclaim: str = RECLAIM) -> str:
 
 
 #: Migrations, applied in order under an advisory lock; ``{s}.migrations`` records them.
-#: A released step never changes: a new schema is a new step at the end.
+#: A released step never changes: a new schema is a new step at the end (a test pins
+#: the text of every released step).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: tasks, queues (paused flags), the token sequence, claim().
     (
