@@ -40,7 +40,8 @@ __all__ = ["SCHEMA_VERSION", "SqliteBackend", "SqliteStatistics"]
 T = TypeVar("T")
 
 #: Migrations, applied in order on open; ``PRAGMA user_version`` is how many ran. A
-#: released step never changes: a new schema is a new step at the end.
+#: released step never changes: a new schema is a new step at the end (a test pins the
+#: text of every released step).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: tasks, queues (paused flags), the token counter.
     (

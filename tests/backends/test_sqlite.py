@@ -108,6 +108,18 @@ def user_version(path: Path) -> int:
         conn.close()
 
 
+def test_released_migrations_never_change() -> None:
+    """A schema's version names its exact statements (``PRAGMA user_version``): a file
+    migrated to version n by any turret has the same schema. A change is a new step."""
+    import hashlib
+
+    from turret.backends import _sqlite
+
+    released = ["52002fc54e81cfc5", "e951ae8c426cad6a", "3d72b63dc611bced"]
+    steps = [hashlib.sha256("\x00".join(s).encode()).hexdigest()[:16] for s in _sqlite.MIGRATIONS]
+    assert steps[: len(released)] == released
+
+
 async def test_v1_database_upgrades_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     ids = make_v1_database(path)
