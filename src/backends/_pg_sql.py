@@ -68,11 +68,11 @@ _RECLAIM_V1 = RECLAIM.replace(
     "t.id = e.id AND t.deadline", "t.id = e.id AND t.state = 'leased' AND t.deadline"
 )
 
-#: Adds each reclaimed lease to its queue's ``reclaimed`` counter (``moved`` returns
-#: the queue names); counter rows are locked in name order, so two concurrent calls
-#: never deadlock. Yields how many leases were reclaimed.
+#: ``reclaim()``: every queue's expired leases (``%(now)s``, ``%(max_lost)s``), each
+#: added to its queue's ``reclaimed`` counter; counter rows are locked in name order, so
+#: two concurrent calls never deadlock. Yields how many leases were reclaimed.
 RECLAIM_COUNTED = (
-    RECLAIM
+    RECLAIM.format(s="{s}", now="%(now)s", max_lost="%(max_lost)s", where="", returning="t.queue")
     + """
     , counted AS (
         SELECT m.queue, count(*) AS n FROM moved m GROUP BY m.queue

@@ -1259,11 +1259,7 @@ class PostgresBackend(Producer):
 
     async def reclaim(self) -> int:
         now = self.now()
-        statement = self._s(
-            sql.RECLAIM_COUNTED.format(
-                s="{s}", now="%(now)s", max_lost="%(max_lost)s", where="", returning="t.queue"
-            )
-        )
+        statement = self._s(sql.RECLAIM_COUNTED)
 
         async def reclaim(conn: TrioConnection, retried: bool) -> int:
             rows = await conn.execute(statement, {"now": now, "max_lost": self.max_lost})

@@ -545,7 +545,8 @@ class RedisBackend(Producer):
         client = self._redis()
         stream = self.prefix + "wake"
         timeout = self._pool.connection_kwargs.get("stream_timeout") if self._pool else None
-        block_ms = max(1, round(1000 * min(_WAKE_BLOCK, (timeout or 2 * _WAKE_BLOCK) / 2)))
+        block = min(_WAKE_BLOCK, timeout / 2) if timeout else _WAKE_BLOCK
+        block_ms = max(1, round(1000 * block))
         last: str | bytes = "$"
         delay = 0.01
         started = False

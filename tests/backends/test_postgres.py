@@ -531,12 +531,7 @@ async def test_reclaims_find_expired_leases_by_key_not_by_reading_every_lease(
     )
     cases = {
         "claim()": (in_claim + "SELECT count(*) FROM moved", values),
-        "reclaim()": (
-            sql.RECLAIM_COUNTED.format(
-                s="{s}", now="%(now)s", max_lost="%(max_lost)s", where="", returning="t.queue"
-            ),
-            {"now": now, "max_lost": 3},
-        ),
+        "reclaim()": (sql.RECLAIM_COUNTED, {"now": now, "max_lost": 3}),
     }
     for name, (statement, params) in cases.items():
         plans = await trio.to_thread.run_sync(explain, dsn, schema, statement, params)
